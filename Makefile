@@ -1,0 +1,40 @@
+# `make run`: set up .venv if needed, then run the shipped claims at the CPU-sized `ci` profile.
+# `make test`: same set-up, then the whole test suite (unit, integration and end-to-end tiers).
+# Set-up runs only when .venv is missing or pyproject.toml changed (a stamp file records the last install).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mechcheck-installed
+PROFILE ?= ci
+ARGS   ?=
+
+.PHONY: install run test test-fast validate clean-reports
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# torch first, pinned to the CPU build that lies on this machine's disk: a bare `torch` requirement would pull
+# a multi-GB CUDA build. pyproject.toml keeps the range loose (torch>=2.4) for users elsewhere.
+$(STAMP): pyproject.toml | $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/mechcheck run claims/ --profile $(PROFILE) $(ARGS)
+
+validate: $(STAMP)
+	$(BIN)/mechcheck validate claims/
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+clean-reports:
+	find reports -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +

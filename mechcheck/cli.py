@@ -1,0 +1,175 @@
+"""The `mechcheck` command: run | validate | ls.
+
+Exit codes: 0 every claim passed; 1 at least one claim did not pass (failed, inconclusive, error or skipped);
+2 invalid input (a claim or fixture file, or an argument) — printed as one line per problem, no traceback;
+130 interrupted (the report written so far is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mechcheck.errors import SpecError, SpecErrors
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mechcheck", description="pytest for mechanistic hypotheses")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="validate, then run claims and write a report")
+    run.add_argument("paths", nargs="+", help="claim files or directories of them")
+    run.add_argument("--profile", default="ci", help="profile to run (ci: CPU-sized; paper: the published setting)")
+    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    run.add_argument("--cache-dir", type=Path, default=None,
+                     help="where trained models are cached (default $MECHCHECK_CACHE_DIR or ~/.cache/mechcheck)")
+    run.add_argument("--report-dir", type=Path, default=Path("reports"), help="reports go to REPORT_DIR/<run id>/")
+    run.add_argument("--fixtures-dir", type=Path, default=None,
+                     help="fixtures directory (default: the nearest fixtures/ above each claim)")
+    run.add_argument("--seeds", type=int, default=None, help="override every claim's number of seeds")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch threads (default $MECHCHECK_THREADS or torch's choice)")
+    run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per estimate")
+
+    val = sub.add_parser("validate", help="check claim and fixture files without touching a model")
+    val.add_argument("paths", nargs="+")
+    val.add_argument("--profile", default="ci")
+    val.add_argument("--fixtures-dir", type=Path, default=None)
+
+    ls = sub.add_parser("ls", help="list claims, fixtures, experiments, checks, tasks and recipes")
+    ls.add_argument("paths", nargs="*", default=[], help="claim files or directories (default: claims/ if present)")
+    ls.add_argument("--profile", default="ci")
+    ls.add_argument("--fixtures-dir", type=Path, default=None)
+    return p
+
+
+def _load(paths, profile: str, fixtures_dir: Path | None):
+    from mechcheck.spec import load_claims
+
+    return load_claims([Path(p) for p in paths], profile=profile, fixtures_dir=fixtures_dir)
+
+
+def _print_errors(exc: SpecErrors | SpecError) -> None:
+    errors = exc.errors if isinstance(exc, SpecErrors) else [exc]
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    print(f"{len(errors)} problem{'s' if len(errors) != 1 else ''} found; nothing was run.", file=sys.stderr)
+
+
+def _cmd_validate(args) -> int:
+    claims = _load(args.paths, args.profile, args.fixtures_dir)
+    print(f"ok: {len(claims)} claim{'s' if len(claims) != 1 else ''} valid (profile {args.profile})")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from rich.console import Console
+
+    from mechcheck.report import write_report
+    from mechcheck.report.console import outcome_style, print_summary
+    from mechcheck.runner import RunOptions, Runner, default_threads, new_report
+
+    if args.seeds is not None and args.seeds < 1:
+        raise SpecError("--seeds must be at least 1", file="<command line>")
+    claims = _load(args.paths, args.profile, args.fixtures_dir)  # the whole suite validates before anything runs
+    if not claims:
+        raise SpecError("no claim files found", file=" ".join(args.paths))
+    console = Console(stderr=True)
+    options = RunOptions(profile=args.profile, device=args.device, cache_dir=args.cache_dir,
+                         threads=args.threads or default_threads(), seeds=args.seeds, n_boot=args.n_boot,
+                         console=console)
+    try:
+        runner = Runner(options)
+    except ValueError as exc:
+        raise SpecError(str(exc), file="<command line>") from exc
+    report = new_report(options, sys.argv, Path.cwd(), runner.device)
+    report.cache_dir = str(runner._ctx.cache.root)
+    out_dir = args.report_dir / report.run_id
+    console.print(f"mechcheck: {len(claims)} claim(s), profile [bold]{args.profile}[/], device {runner.device}, "
+                  f"cache {report.cache_dir}")
+
+    def on_result(result) -> None:
+        report.claims.append(result)
+        report.write_json(out_dir / "report.json")  # after every claim: a run that dies keeps what it did
+        style = outcome_style(result.outcome)
+        console.print(f"  [{style}]{result.outcome:>12}[/]  {result.id}  ({result.durations.get('total', 0):.0f} s)")
+
+    runner.on_result = on_result
+    try:
+        for claim in claims:
+            console.print(f"  {'running':>12}  {claim.id} ...")
+            runner.run_claim(claim)
+    except KeyboardInterrupt:
+        from datetime import datetime, timezone
+
+        report.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        report.write_json(out_dir / "report.json")
+        console.print(f"interrupted; partial report in {out_dir / 'report.json'}")
+        return 130
+    from datetime import datetime, timezone
+
+    report.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    paths = write_report(report, out_dir)
+    # Wide enough for every column when stdout is a file or a CI log (rich would assume 80).
+    out = Console() if sys.stdout.isatty() else Console(width=180)
+    print_summary(report, out, report_path=paths.get("markdown"))
+    return 0 if report.ok else 1
+
+
+def _cmd_ls(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mechcheck.registry import CHECKS, EXPERIMENTS, RECIPES, TASKS
+    from mechcheck.spec import find_fixtures_dir, list_fixtures
+
+    console = Console()
+    paths = args.paths or (["claims"] if Path("claims").is_dir() else [])
+    if paths:
+        claims = _load(paths, args.profile, args.fixtures_dir)
+        t = Table(title=f"claims (profile {args.profile})")
+        for col in ("id", "models", "experiment", "checks", "seeds", "file"):
+            t.add_column(col)
+        for c in claims:
+            t.add_row(c.id, ", ".join(f"{r}={m.name}" for r, m in c.models.items()), c.experiment.name,
+                      ", ".join(x.name for x in c.expect), str(c.seeds), c.file)
+        console.print(t)
+    fixtures_dir = args.fixtures_dir or (find_fixtures_dir(Path(paths[0]).resolve()) if paths else None)
+    if fixtures_dir is None and Path("fixtures").is_dir():
+        fixtures_dir = Path("fixtures")
+    if fixtures_dir:
+        found = list_fixtures(fixtures_dir)
+        t = Table(title=f"fixtures ({fixtures_dir})")
+        t.add_column("kind")
+        t.add_column("names")
+        for kind, names in found.items():
+            t.add_row(kind, ", ".join(names))
+        console.print(t)
+    for registry in (EXPERIMENTS, CHECKS, TASKS, RECIPES):
+        t = Table(title=f"{registry.kind}s")
+        t.add_column("name")
+        t.add_column("parameters")
+        t.add_column("what it does")
+        for name in registry.names():
+            e = registry.get(name)
+            params = ", ".join(p.name + ("*" if p.required else f"={p.default}") for p in e.params)
+            t.add_row(name, params, e.doc)
+        console.print(t)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mechcheck` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": _cmd_run, "validate": _cmd_validate, "ls": _cmd_ls}[args.command](args)
+    except (SpecErrors, SpecError) as exc:
+        _print_errors(exc)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Registered experiments: what a claim runs on its models (``experiment: {name: args}``)."""

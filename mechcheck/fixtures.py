@@ -1,0 +1,185 @@
+"""Resolve model fixtures: recipe graph -> cache key -> cached, trained or loaded model.
+
+Recipes (registered in `RECIPES`):
+  scratch   random GPT-2-architecture weights, trained on a task (answer loss by default)
+  pretrain  random weights, next-token loss on every position of a (corpus) task
+  finetune  a parent fixture's weights, trained further on a task
+  load      a local Hugging Face directory (safetensors) or a hub id; never trained, never cached
+
+A fixture's cache key covers its normalised recipe, its task generator's version, the seed and the keys of
+the fixtures it depends on, so a change anywhere upstream rebuilds everything downstream of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechcheck.cache import ModelCache, cache_key
+from mechcheck.registry import RECIPES, TASKS
+from mechcheck.tasks import Task
+
+__all__ = ["BuildContext", "Built", "build_model", "make_task", "is_trained"]
+
+
+@dataclass
+class BuildContext:
+    """What building needs: the cache, the device, a console for progress, and a per-run memo."""
+
+    cache: ModelCache
+    device: str = "cpu"
+    console: Any = None
+    #: fixture key -> Built, so a fixture shared by several claims (or a parent shared by several
+    #: children) is built or loaded once per run
+    memo: dict[str, Built] = field(default_factory=dict)
+
+
+@dataclass
+class Built:
+    """A built fixture replicate: the HF model and how it came to be."""
+
+    model: Any
+    key: str
+    recipe: str
+    cached: bool
+    info: dict[str, Any]
+    task: Task | None
+
+
+_TASK_MEMO: dict[str, Task] = {}
+
+
+def make_task(spec) -> Task:
+    """The `Task` a `TaskSpec` describes (memoised: building a tokenizer-backed task is not free)."""
+    entry = TASKS.get(spec.generator)
+    args = entry.with_defaults(dict(spec.args))
+    memo_key = json.dumps([spec.generator, args], sort_keys=True, default=str)
+    if memo_key not in _TASK_MEMO:
+        _TASK_MEMO[memo_key] = entry.func(**args)
+    return _TASK_MEMO[memo_key]
+
+
+def _task_payload(spec) -> dict[str, Any]:
+    entry = TASKS.get(spec.generator)
+    return {"generator": spec.generator, "args": entry.with_defaults(dict(spec.args)),
+            "version": entry.meta.get("version", "0")}
+
+
+def is_trained(spec) -> bool:
+    """Whether building `spec` trains anything (then seeds give independent replicates)."""
+    return spec.recipe != "load" or (spec.parent is not None and is_trained(spec.parent))
+
+
+def build_model(spec, seed: int, ctx: BuildContext) -> Built:
+    """Build (or fetch from the cache) replicate `seed` of model fixture `spec`."""
+    return RECIPES.get(spec.recipe).func(spec, seed, ctx)
+
+
+def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any], init) -> Built:
+    """Shared tail of the training recipes: cache lookup, else init() + train + store."""
+    from mechcheck.train import train
+
+    key = cache_key(payload)
+    if key in ctx.memo:
+        return ctx.memo[key]
+    task = make_task(spec.task)
+    hit = ctx.cache.get(key)
+    if hit is not None:
+        path, meta = hit
+        from mechcheck.models import load_checkpoint
+
+        built = Built(load_checkpoint(str(path), local=True), key, spec.recipe, True, meta.get("info", {}), task)
+    else:
+        model = init()
+        label = f"{spec.recipe} {spec.name} (seed {seed})"
+        info = train(model, task, spec.train, seed, ctx.device, label=label, console=ctx.console)
+        model.to("cpu")
+        ctx.cache.put(key, model, payload, info)
+        built = Built(model, key, spec.recipe, False, info, task)
+    ctx.memo[key] = built
+    return built
+
+
+def _random_init(spec, seed: int):
+    def init():
+        import torch
+
+        from mechcheck.models import build_gpt2
+
+        task = make_task(spec.task)
+        torch.manual_seed(seed)
+        # +2 positions: the answer token appended for next-token training, and one spare.
+        return build_gpt2(spec.architecture or {}, task.vocab_size, task.seq_len + 2)
+
+    return init
+
+
+def _scratch_payload(spec, seed: int) -> dict[str, Any]:
+    return {"recipe": spec.recipe, "architecture": dict(spec.architecture or {}), "task": _task_payload(spec.task),
+            "train": dataclasses.asdict(spec.train), "seed": seed}
+
+
+@RECIPES.register("scratch", doc="train a GPT-2-architecture model from random weights on a task")
+def build_scratch(spec, seed: int, ctx: BuildContext) -> Built:
+    return _train_and_cache(spec, seed, ctx, _scratch_payload(spec, seed), _random_init(spec, seed))
+
+
+@RECIPES.register("pretrain", doc="train from random weights with next-token loss on every position of a task")
+def build_pretrain(spec, seed: int, ctx: BuildContext) -> Built:
+    return _train_and_cache(spec, seed, ctx, _scratch_payload(spec, seed), _random_init(spec, seed))
+
+
+@RECIPES.register("finetune", doc="continue training a parent fixture's weights on a task")
+def build_finetune(spec, seed: int, ctx: BuildContext) -> Built:
+    parent = build_model(spec.parent, seed, ctx)
+    task = make_task(spec.task)
+    vocab = parent.model.config.vocab_size
+    if task.vocab_size > vocab:
+        raise ValueError(f"fixture {spec.name!r}: task {spec.task.name!r} needs {task.vocab_size} tokens but parent "
+                         f"{spec.parent.name!r} has a vocabulary of {vocab}")
+    payload = {"recipe": "finetune", "parent": parent.key, "task": _task_payload(spec.task),
+               "train": dataclasses.asdict(spec.train), "seed": seed}
+
+    def init():
+        import copy
+
+        return copy.deepcopy(parent.model)
+
+    built = _train_and_cache(spec, seed, ctx, payload, init)
+    built.info.setdefault("parent", spec.parent.name)
+    return built
+
+
+def _fingerprint(path: Path) -> str:
+    """SHA-256 over a checkpoint directory's config and safetensors files (name + content)."""
+    h = hashlib.sha256()
+    for p in sorted([path / "config.json", *path.glob("*.safetensors")]):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@RECIPES.register("load", doc="load a local Hugging Face directory (safetensors only) or a hub id")
+def build_load(spec, seed: int, ctx: BuildContext) -> Built:
+    from mechcheck.models import check_checkpoint_dir, load_checkpoint, resolve_local_or_hub
+
+    if spec.path:
+        path = Path(spec.path)
+        check_checkpoint_dir(path)
+        where, local = str(path), True
+        payload = {"recipe": "load", "path": str(path), "fingerprint": _fingerprint(path)}
+    else:
+        where, local = resolve_local_or_hub(spec.hub)
+        payload = {"recipe": "load", "hub": spec.hub, "revision": spec.revision}
+    key = cache_key(payload)
+    if key not in ctx.memo:
+        model = load_checkpoint(where, local=local, revision=spec.revision)
+        task = make_task(spec.task) if spec.task else None
+        ctx.memo[key] = Built(model, key, "load", False, {"source": spec.path or spec.hub}, task)
+    return ctx.memo[key]

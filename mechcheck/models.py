@@ -1,0 +1,165 @@
+"""Build, load and wrap models: Hugging Face modules seen through the TransformerLens 4 bridge.
+
+Weights always live in a plain Hugging Face module (trained, cached and loaded as such); interventions run
+on a `TransformerBridge` wrapped around that same module, so hook names are TransformerLens' canonical ones
+(``blocks.{L}.attn.hook_z`` is ``[batch, pos, head, d_head]``). Checkpoints are read from safetensors only:
+a directory whose weights exist only as pickles (``pytorch_model.bin``, ``*.pt``) is refused, because
+unpickling runs code.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mechcheck.errors import ClaimSkipped
+
+__all__ = [
+    "ModelHandle",
+    "CheckpointError",
+    "choose_device",
+    "build_gpt2",
+    "wrap",
+    "load_checkpoint",
+    "hub_reachable",
+    "resolve_local_or_hub",
+]
+
+#: GPT2Config fields a fixture's `architecture` may set (besides `type`).
+GPT2_FIELDS = ("n_layer", "n_head", "n_embd", "n_positions", "n_inner", "activation_function", "resid_pdrop",
+               "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "tie_word_embeddings")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing, not a model, or only available as unsafe pickles."""
+
+
+@dataclass
+class ModelHandle:
+    """A model ready for experiments: the HF module, its bridge and the shape facts checks need."""
+
+    hf: Any  # transformers.PreTrainedModel
+    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    n_layers: int
+    n_heads: int
+    d_head: int
+    device: str
+
+
+def choose_device(requested: str | None = None) -> str:
+    """'cuda' when present (or asked for), else 'cpu'; an explicit request that cannot be met is an error."""
+    import torch
+
+    if requested in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {requested}: CUDA is not available on this machine (use cpu or auto)")
+    if requested not in ("cpu", "mps") and not requested.startswith("cuda"):
+        raise ValueError(f"--device {requested!r}: expected auto, cpu, cuda or cuda:N")
+    return requested
+
+
+def build_gpt2(architecture: dict[str, Any], vocab_size: int, n_positions: int):
+    """A randomly initialised `GPT2LMHeadModel` (eager attention, so patterns can be hooked).
+
+    Dropout defaults to 0: fixtures are small models on synthetic tasks, where dropout only slows learning
+    and makes training less reproducible. A fixture can still set it.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    fields = {k: v for k, v in architecture.items() if k in GPT2_FIELDS}
+    fields.setdefault("n_positions", n_positions)
+    for p in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        fields.setdefault(p, 0.0)
+    cfg = GPT2Config(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, **fields)
+    cfg._attn_implementation = "eager"
+    return GPT2LMHeadModel(cfg)
+
+
+def wrap(hf_model, device: str) -> ModelHandle:
+    """Put `hf_model` on `device` in eval mode and wrap it with the TransformerLens bridge."""
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+    cfg = hf_model.config
+    arch = (cfg.architectures or [type(hf_model).__name__])[0]
+    if getattr(cfg, "_attn_implementation", None) != "eager":
+        cfg._attn_implementation = "eager"  # SDPA kernels do not expose attention patterns
+    hf_model.to(device).eval()
+    bridge = build_bridge_from_module(hf_model, arch, hf_config=cfg)
+    n_layers, n_heads = int(bridge.cfg.n_layers), int(bridge.cfg.n_heads)
+    return ModelHandle(hf_model, bridge, n_layers, n_heads, int(bridge.cfg.d_head), device)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached (False at once when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_local_or_hub(name: str) -> tuple[str, bool]:
+    """(location, is_local): an existing directory is local; anything else is taken as a hub id.
+
+    A hub id is only returned when the hub is reachable or the id is already in the local HF cache;
+    otherwise the claim is skipped with the reason.
+    """
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve()), True
+    if name.startswith((".", "/", "~")):
+        raise CheckpointError(f"directory {name!r} does not exist")
+    if hub_reachable():
+        return name, False
+    try:  # already downloaded once: usable offline
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return name, True
+    except Exception:  # noqa: BLE001 - any failure here just means "not cached"
+        pass
+    raise ClaimSkipped(f"{name!r} is a Hugging Face hub id, and the hub cannot be reached from this machine")
+
+
+def _model_class(config):
+    import transformers
+
+    for arch in config.architectures or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModelForCausalLM
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """Raise `CheckpointError` unless `path` is a HF model directory with safetensors weights."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint path {str(path)!r} is not a directory")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{str(path)!r} is not a Hugging Face model directory (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        hint = f" (found {', '.join(pickles)}: pickled weights are refused because loading them runs code)" if pickles else ""
+        raise CheckpointError(f"{str(path)!r} has no *.safetensors weights{hint}")
+
+
+def load_checkpoint(location: str, local: bool, revision: str | None = None):
+    """Load a HF model from a local directory or a hub id, from safetensors only, with eager attention."""
+    from transformers import AutoConfig
+
+    if local and Path(location).is_dir():
+        check_checkpoint_dir(Path(location))
+    config = AutoConfig.from_pretrained(location, revision=revision, local_files_only=local)
+    cls = _model_class(config)
+    try:
+        return cls.from_pretrained(location, config=config, revision=revision, use_safetensors=True,
+                                   local_files_only=local, attn_implementation="eager")
+    except OSError as exc:
+        raise CheckpointError(f"could not load {location!r} as a {cls.__name__}: {exc}") from exc

@@ -1,0 +1,136 @@
+"""Name -> function registries for tasks, experiments, checks and model recipes.
+
+A claim file names behaviour by a registered name plus plain arguments; the registry is what turns the
+name back into a function, and what `mechcheck validate` uses to check the arguments *without* importing
+torch or touching a model. Each entry declares its parameters (`Param`) so that a typo in a claim file is
+caught with the field path, the allowed names and the nearest valid one.
+
+Extend by registering a function (plugins can do the same through the ``mechcheck.plugins`` entry point
+group, whose modules are imported by `load_builtins`), never by subclassing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Param", "Entry", "Registry", "TASKS", "EXPERIMENTS", "CHECKS", "RECIPES", "load_builtins"]
+
+#: Parameter kinds understood by the spec validator (`mechcheck.spec`):
+#: int, float (ints accepted), str, bool, choice (one of `choices`), layers (list of ints),
+#: head ([layer, head]), heads (list of [layer, head], or a selector string: "top_head", "top_<k>"),
+#: model (a role named in the claim's `models`), tokens (a token-group name of the task), mapping (free dict).
+PARAM_KINDS = (
+    "int", "float", "str", "bool", "choice", "layers", "head", "heads", "model", "tokens", "mapping",
+)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One argument a registered function accepts in a claim or fixture file."""
+
+    name: str
+    kind: str
+    required: bool = False
+    default: Any = None
+    choices: tuple[Any, ...] = ()
+    doc: str = ""
+    #: for numbers: inclusive bounds (None = unbounded)
+    min: float | None = None
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in PARAM_KINDS:
+            raise ValueError(f"Param {self.name!r}: unknown kind {self.kind!r} (allowed: {', '.join(PARAM_KINDS)})")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered function and the parameters it accepts."""
+
+    name: str
+    func: Callable[..., Any]
+    params: tuple[Param, ...]
+    doc: str = ""
+    #: extra facts a registry kind needs (e.g. a task generator's `version`, a check's `direction`)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def with_defaults(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`args` completed with the declared defaults (the normalised form recorded in reports and cache keys)."""
+        out = {p.name: p.default for p in self.params if not p.required}
+        out.update(args)
+        return out
+
+
+class Registry:
+    """A named collection of `Entry`s of one kind ("task", "experiment", "check", "recipe")."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(
+        self, name: str, params: tuple[Param, ...] = (), doc: str = "", **meta: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register `func` under `name`. Registering a name twice is an error."""
+
+        def deco(func: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries and self._entries[name].func is not func:
+                raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[name].func!r}")
+            first_doc_line = (doc or (func.__doc__ or "")).strip().splitlines()
+            self._entries[name] = Entry(name, func, tuple(params), first_doc_line[0] if first_doc_line else "", meta)
+            return func
+
+        return deco
+
+    def get(self, name: str) -> Entry:
+        load_builtins()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(f"unknown {self.kind} {name!r}") from None
+
+    def names(self) -> list[str]:
+        load_builtins()
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        load_builtins()
+        return name in self._entries
+
+
+TASKS = Registry("task")
+EXPERIMENTS = Registry("experiment")
+CHECKS = Registry("check")
+RECIPES = Registry("recipe")
+
+_BUILTIN_MODULES = (
+    "mechcheck.tasks.cdm",
+    "mechcheck.tasks.toy",
+    "mechcheck.experiments.head_ablation",
+    "mechcheck.checks",
+    "mechcheck.fixtures",
+)
+_loaded = False
+
+
+def load_builtins() -> None:
+    """Import the modules that register the built-in entries, then any ``mechcheck.plugins`` entry points.
+
+    These modules import torch lazily, inside the functions, so validation stays fast and model-free.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="mechcheck.plugins"):
+        ep.load()

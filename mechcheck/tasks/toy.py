@@ -1,0 +1,59 @@
+"""`copy_first`: a known-answer task for testing the harness itself.
+
+Prompt: a source token (A or B), then filler tokens, then "?"; the answer is the source token.
+    A f2 f0 f3 ?   ->  A
+A model can only answer by moving information from position 0 to the last position, i.e. through attention:
+`mechcheck.known_answer.single_head_copy_model` builds a GPT-2 in which exactly one head does that, so a claim
+about that head must pass and a claim about any other head must fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from mechcheck.registry import TASKS, Param
+from mechcheck.tasks import Task, TaskBatch, WordVocab
+
+__all__ = ["make_copy_first", "VERSION"]
+
+VERSION = "1"
+N_FILLERS = 4
+TOKEN_GROUPS = ("source", "filler", "answer")
+
+
+@TASKS.register(
+    "copy_first",
+    params=(Param("length", "int", default=6, min=3, max=64, doc="prompt length in tokens"),),
+    version=VERSION,
+    token_groups=TOKEN_GROUPS,
+)
+def make_copy_first(length: int = 6) -> Task:
+    """Copy the first token to the answer position (a known-answer task for harness tests)."""
+    vocab = WordVocab(["A", "B", *[f"f{i}" for i in range(N_FILLERS)], "?"])
+    a_id, b_id, q_id = vocab.ids["A"], vocab.ids["B"], vocab.ids["?"]
+    filler_ids = np.array([vocab.ids[f"f{i}"] for i in range(N_FILLERS)])
+
+    def in_eval(rows: np.ndarray) -> np.ndarray:
+        return np.array([hashlib.blake2b(r.tobytes(), digest_size=2).digest()[0] < 51 for r in rows])  # ~20 %
+
+    def sample(n: int, split: str, seed: int) -> TaskBatch:
+        if split not in ("train", "eval"):
+            raise ValueError(f"copy_first: unknown split {split!r} (allowed: train, eval)")
+        rng = np.random.default_rng([seed, 0 if split == "train" else 1, 0xC0])
+        rows = np.empty((0, length - 1), dtype=np.int64)
+        while len(rows) < n:  # rejection-sample rows of the requested split
+            cand = np.column_stack([rng.integers(0, 2, 4 * n), rng.integers(0, N_FILLERS, (4 * n, length - 2))])
+            cand = cand[in_eval(cand) == (split == "eval")]
+            rows = np.concatenate([rows, cand])[:n]
+        target = rows[:, 0]
+        tokens = np.column_stack([np.where(target == 0, a_id, b_id), filler_ids[rows[:, 1:]], np.full(n, q_id)])
+        groups = {g: np.zeros((n, length), dtype=bool) for g in TOKEN_GROUPS}
+        groups["source"][:, 0] = True
+        groups["filler"][:, 1:-1] = True
+        groups["answer"][:, -1] = True
+        return TaskBatch(tokens.astype(np.int64), np.full(n, length - 1, dtype=np.int64), target.astype(np.int64),
+                         [a_id, b_id], groups, {"source": target.astype(np.int64)})
+
+    return Task("copy_first", VERSION, len(vocab), length, sample, TOKEN_GROUPS, "A f2 f0 f3 ?  ->  A", vocab)

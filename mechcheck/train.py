@@ -1,0 +1,128 @@
+"""One training loop for every recipe: scratch, pretrain, fine-tune (and, later, reverse fine-tune).
+
+Two losses:
+  answer  cross-entropy of the answer token at the answer position only (the task as a classifier)
+  lm      next-token cross-entropy at every position of prompt + answer (generic pretraining)
+
+AdamW with linear warm-up and cosine decay to 10 %. Every `eval_every` steps, accuracy (answer restricted to
+the task's candidates) is measured on a fixed held-out batch drawn from the *train* partition, so the eval
+split stays unseen until the experiment. Deterministic under the seed on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from mechcheck.tasks import Task, TaskBatch
+
+__all__ = ["train", "candidate_logits", "lm_inputs"]
+
+
+def candidate_logits(logits, batch_answer_pos, candidates):
+    """(B, C) logits of the answer candidates at each example's answer position.
+
+    logits: (B, T, V) full logits; batch_answer_pos: (B,) long tensor; candidates: (C,) long tensor.
+    """
+    import torch
+
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, batch_answer_pos][:, candidates]
+
+
+def lm_inputs(batch: TaskBatch) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, labels) for next-token training on prompt + answer; padding is masked with -100."""
+    n, T = batch.tokens.shape
+    tokens = np.concatenate([batch.tokens, np.full((n, 1), batch.pad_id, dtype=np.int64)], axis=1)
+    tokens[np.arange(n), batch.answer_pos + 1] = batch.answer_ids
+    labels = np.full_like(tokens, -100)
+    labels[:, :-1] = tokens[:, 1:]
+    pos = np.arange(T + 1)[None, :]
+    labels[pos > batch.answer_pos[:, None]] = -100  # nothing to predict after the answer
+    return tokens, labels
+
+
+def _lr_at(step: int, steps: int, warmup: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _accuracy(model, batch: TaskBatch, device: str) -> float:
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.as_tensor(batch.tokens, device=device)).logits
+        cand = candidate_logits(logits, torch.as_tensor(batch.answer_pos, device=device),
+                                torch.as_tensor(batch.candidates, device=device))
+    return float((cand.argmax(-1).cpu().numpy() == batch.target).mean())
+
+
+def train(model, task: Task, spec: Any, seed: int, device: str, label: str = "training",
+          console: Any = None) -> dict[str, Any]:
+    """Train `model` in place on `task` as `spec` (a `mechcheck.spec.TrainSpec`) says; returns a summary.
+
+    Shows a rich progress bar (step, loss, accuracy) when `console` is a terminal, nothing otherwise.
+    """
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 0x7A1])
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_at(s, spec.steps, spec.warmup_steps))
+    fixed = task.sample(spec.n_train, "train", seed) if spec.n_train else None
+    held_out = task.sample(512, "train", 10_000_019 + seed)
+    candidates = torch.as_tensor(held_out.candidates, device=device)
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    loss_value, acc = float("nan"), float("nan")
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.2f}"),
+                        TimeElapsedColumn(), console=console, transient=True,
+                        disable=console is None or not console.is_terminal)
+    with progress:
+        bar = progress.add_task(label, total=spec.steps, loss=float("nan"), acc=float("nan"))
+        for step in range(spec.steps):
+            if fixed is not None:
+                batch = fixed.subset(rng.integers(0, len(fixed), spec.batch_size))
+            else:
+                batch = task.sample(spec.batch_size, "train", int(rng.integers(0, 2**31 - 1)))
+            if spec.loss == "lm":
+                tokens, labels = lm_inputs(batch)
+                out = model(torch.as_tensor(tokens, device=device), labels=torch.as_tensor(labels, device=device))
+                loss = out.loss
+            else:
+                logits = model(torch.as_tensor(batch.tokens, device=device)).logits
+                rows = torch.arange(len(batch), device=device)
+                answer = logits[rows, torch.as_tensor(batch.answer_pos, device=device)]
+                loss = torch.nn.functional.cross_entropy(answer, torch.as_tensor(batch.answer_ids, device=device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            opt.step()
+            sched.step()
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"{label}: loss became {loss_value} at step {step} (lower the lr?)")
+            if (step + 1) % spec.eval_every == 0 or step + 1 == spec.steps:
+                model.eval()
+                acc = _accuracy(model, held_out, device)
+                model.train()
+                history.append({"step": step + 1, "loss": round(loss_value, 5), "accuracy": round(acc, 4)})
+            progress.update(bar, advance=1, loss=loss_value, acc=acc)
+    model.eval()
+    del candidates
+    return {
+        "steps": spec.steps,
+        "final_loss": loss_value,
+        "train_accuracy": acc,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "history": history,
+    }
