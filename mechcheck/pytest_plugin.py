@@ -58,8 +58,12 @@ class ClaimNotPassed(Exception):
     """Raised by an item whose claim ended failed or inconclusive."""
 
 
-class ClaimHarnessError(Exception):
-    """Raised in set-up when a claim ended as `error`."""
+class ClaimHarnessError(pytest.fail.Exception):
+    """Raised in set-up when a claim ended as `error`.
+
+    pytest renders set-up errors with `Item._repr_failure_py`, not `repr_failure`; a `pytest.fail` exception
+    with ``pytrace=False`` is the public way to get the one-line reason there instead of a traceback.
+    """
 
 
 def _runner(config: pytest.Config):
@@ -86,7 +90,7 @@ class ClaimItem(pytest.Item):
     def setup(self) -> None:
         self.result = _runner(self.config).run_claim(self.claim)
         if self.result.outcome == "error":
-            raise ClaimHarnessError(self.result.reason)
+            raise ClaimHarnessError(f"{self.claim.id}: error: {self.result.reason}", pytrace=False)
         if self.result.outcome == "skipped":
             pytest.skip(self.result.reason)
 
@@ -96,7 +100,7 @@ class ClaimItem(pytest.Item):
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ClaimHarnessError):
-            return f"{self.claim.id}: error: {excinfo.value}"
+            return str(excinfo.value)
         if isinstance(excinfo.value, ClaimNotPassed) and self.result is not None:
             lines = [f"{self.claim.id}: {self.result.outcome}", f"  claim: {self.claim.statement.strip()}"]
             for c in self.result.checks:

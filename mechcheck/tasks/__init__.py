@@ -41,7 +41,10 @@ class TaskBatch:
         return int(self.tokens.shape[0])
 
     def subset(self, idx: np.ndarray) -> TaskBatch:
-        """The examples at `idx` (same candidates and padding)."""
+        """The examples at `idx` (integer indices or a boolean mask; same candidates and padding)."""
+        idx = np.asarray(idx)
+        if idx.dtype == bool:  # a mask: iterating it below would index texts by True/False (1/0)
+            idx = np.flatnonzero(idx)
         return TaskBatch(
             tokens=self.tokens[idx],
             answer_pos=self.answer_pos[idx],

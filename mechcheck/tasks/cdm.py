@@ -210,6 +210,8 @@ def _text_task(tokenizer: str, max_number: int, min_gap: int, eval_fraction: flo
 def make_cdm(vocab: str = "words", tokenizer: str | None = None, max_number: int = 9, min_gap: int = 1,
              eval_fraction: float = 0.2) -> Task:
     """Context-dependent decision making: answer with the larger side of the cued modality (Lin 2024)."""
+    if min_gap < 1:
+        raise ValueError(f"cdm: min_gap={min_gap} must be at least 1 (equal numbers would make the answer a tie)")
     if min_gap > max_number:
         raise ValueError(f"cdm: min_gap={min_gap} leaves no pairs with max_number={max_number}")
     if vocab == "words":
