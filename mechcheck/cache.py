@@ -38,7 +38,8 @@ def default_cache_dir() -> Path:
 
 def cache_key(payload: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of `payload` (sorted keys, no whitespace)."""
-    blob = json.dumps({"format": CACHE_FORMAT, **payload}, sort_keys=True, separators=(",", ":"), default=str)
+    # The format goes last so that a payload can never override it.
+    blob = json.dumps({**payload, "format": CACHE_FORMAT}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

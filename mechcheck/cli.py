@@ -96,6 +96,11 @@ def _cmd_run(args) -> int:
         report.write_json(out_dir / "report.json")  # after every claim: a run that dies keeps what it did
         style = outcome_style(result.outcome)
         console.print(f"  [{style}]{result.outcome:>12}[/]  {result.id}  ({result.durations.get('total', 0):.0f} s)")
+        if result.outcome in ("error", "skipped") and result.reason:
+            # the table cuts reasons to 80 chars (and shows none for a check's error): print it whole, once
+            from rich.markup import escape
+
+            console.print(f"  {'':>12}  {escape(result.reason)}", soft_wrap=True, highlight=False)
 
     runner.on_result = on_result
     try:
@@ -126,7 +131,7 @@ def _cmd_ls(args) -> int:
     from mechcheck.registry import CHECKS, EXPERIMENTS, RECIPES, TASKS
     from mechcheck.spec import find_fixtures_dir, list_fixtures
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=180)  # as in run: no "…" in logs
     paths = args.paths or (["claims"] if Path("claims").is_dir() else [])
     if paths:
         claims = _load(paths, args.profile, args.fixtures_dir)

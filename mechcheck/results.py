@@ -133,6 +133,8 @@ class ClaimResult:
     durations: dict[str, float] = field(default_factory=dict)
     #: traceback of an `error` outcome (kept in the JSON, not printed on the console)
     traceback: str | None = None
+    #: the claim as it ran: the validated spec with the profile applied and every default filled in
+    spec: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

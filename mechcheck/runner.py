@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -109,7 +108,8 @@ class Runner:
         """Evaluate one claim; never raises for problems of the claim itself."""
         seeds = self.options.seeds or claim.seeds
         result = ClaimResult(id=claim.id, file=claim.file, statement=claim.statement, outcome="error",
-                             source=dict(claim.source), profile=claim.profile, seeds=list(range(seeds)))
+                             source=dict(claim.source), profile=claim.profile, seeds=list(range(seeds)),
+                             spec=_spec_dict(claim))
         t0 = time.perf_counter()
         phase = "build"
         try:
@@ -197,6 +197,15 @@ class Runner:
         return out
 
 
+def _spec_dict(claim) -> dict[str, Any]:
+    """The normalised claim as plain data, for the report (so a run can be read without the YAML)."""
+    import dataclasses
+
+    from mechcheck.results import _clean
+
+    return _clean(dataclasses.asdict(claim))
+
+
 def _brief(info: dict[str, Any]) -> dict[str, Any]:
     """Training/load info without the per-step history (kept in the cache entry, not in every report)."""
     return {k: v for k, v in info.items() if k != "history"}
@@ -207,6 +216,3 @@ def default_threads() -> int | None:
     value = os.environ.get("MECHCHECK_THREADS")
     return int(value) if value else None
 
-
-def python_executable() -> str:
-    return sys.executable

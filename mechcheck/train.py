@@ -78,7 +78,6 @@ def train(model, task: Task, spec: Any, seed: int, device: str, label: str = "tr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_at(s, spec.steps, spec.warmup_steps))
     fixed = task.sample(spec.n_train, "train", seed) if spec.n_train else None
     held_out = task.sample(512, "train", 10_000_019 + seed)
-    candidates = torch.as_tensor(held_out.candidates, device=device)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     loss_value, acc = float("nan"), float("nan")
@@ -118,7 +117,6 @@ def train(model, task: Task, spec: Any, seed: int, device: str, label: str = "tr
                 history.append({"step": step + 1, "loss": round(loss_value, 5), "accuracy": round(acc, 4)})
             progress.update(bar, advance=1, loss=loss_value, acc=acc)
     model.eval()
-    del candidates
     return {
         "steps": spec.steps,
         "final_loss": loss_value,

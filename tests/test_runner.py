@@ -175,3 +175,23 @@ def test_training_is_deterministic_and_corrupt_cache_is_rebuilt(claim_tree, tmp_
     (c,), _ = run([path], cache_dir=tmp_path / "c1")
     assert not c.models[0].cached
     assert [x.effect for x in c.checks] == [x.effect for x in a.checks]
+
+
+@pytest.mark.slow
+def test_finetune_chain_keys_follow_the_parent(claim_tree, tmp_path):
+    claim = TINY.replace("models: {m: tiny-cdm}", """models:
+      ft: {recipe: finetune, from: tiny-cdm, task: cdm9, train: {steps: 5, batch_size: 16, lr: 1.0e-3}}""")
+    claim = claim.replace("model: m", "model: ft").replace("seeds: 2", "seeds: 1")
+    path = claim_tree("claims/ft.yaml", claim)
+    cache = tmp_path / "cache"
+    (first,), runner = run([path], cache_dir=cache)
+    assert first.outcome != "error", first.reason
+    (ft,) = first.models
+    assert ft.recipe == "finetune" and ft.info["parent"] == "tiny-cdm" and ft.info["steps"] == 5
+    parent_keys = [k for k, b in runner._ctx.memo.items() if b.recipe == "scratch"]
+    assert len(parent_keys) == 1 and parent_keys[0] != ft.key
+    # Retraining the parent differently must change the child's key (and so rebuild it).
+    fixture = claim_tree.root / "fixtures/models/tiny-cdm.yaml"
+    fixture.write_text(fixture.read_text().replace("steps: 30", "steps: 31"))
+    (second,), _ = run([path], cache_dir=cache)
+    assert second.models[0].key != ft.key and not second.models[0].cached

@@ -200,7 +200,7 @@ def _text_task(tokenizer: str, max_number: int, min_gap: int, eval_fraction: flo
         Param("vocab", "choice", default="words", choices=("words", "tokenizer"),
               doc="'words': one token per word and number (tiny models); 'tokenizer': text for a real tokenizer"),
         Param("tokenizer", "str", doc="tokenizer directory or hub id (vocab: tokenizer), e.g. gpt2"),
-        Param("max_number", "int", default=9, min=1, max=40, doc="numbers are integers 0..max_number"),
+        Param("max_number", "int", default=9, min=1, max=20, doc="numbers are integers 0..max_number"),
         Param("min_gap", "int", default=1, min=1, doc="smallest |left - right| within a modality (harder when small)"),
         Param("eval_fraction", "float", default=0.2, min=0.01, max=0.99, doc="share of distinct trials held out for eval"),
     ),
