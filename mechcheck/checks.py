@@ -231,23 +231,20 @@ def _effect_check(ctx: CheckContext, name: str, model: str, heads: Any, value: f
                        {"selected_heads": _selected(pieces), "metric": metric})
 
 
-@CHECKS.register("effect_at_least", params=(
-    _MODEL,
-    Param("heads", "heads", required=True, doc="[[layer, head], ...], 'top_head' or 'top_<k>' (ablated jointly)"),
-    Param("value", "float", required=True, doc="smallest effect (clean minus ablated metric)"),
-    _METRIC,
-), direction=">=")
+def _effect_params(bound: str) -> tuple[Param, ...]:
+    return (_MODEL,
+            Param("heads", "heads", required=True, doc="[[layer, head], ...], 'top_head' or 'top_<k>' (ablated jointly)"),
+            Param("value", "float", required=True, doc=f"{bound} effect (clean minus ablated metric)"),
+            _METRIC)
+
+
+@CHECKS.register("effect_at_least", params=_effect_params("smallest"), direction=">=")
 def effect_at_least(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None) -> CheckResult:
     """Ablating `heads` together lowers the metric by at least `value`."""
     return _effect_check(ctx, "effect_at_least", model, heads, value, metric, ">=")
 
 
-@CHECKS.register("effect_at_most", params=(
-    _MODEL,
-    Param("heads", "heads", required=True, doc="[[layer, head], ...], 'top_head' or 'top_<k>' (ablated jointly)"),
-    Param("value", "float", required=True, doc="largest effect (clean minus ablated metric)"),
-    _METRIC,
-), direction="<=")
+@CHECKS.register("effect_at_most", params=_effect_params("largest"), direction="<=")
 def effect_at_most(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None) -> CheckResult:
     """Ablating `heads` together lowers the metric by at most `value` (the heads do not matter)."""
     return _effect_check(ctx, "effect_at_most", model, heads, value, metric, "<=")

@@ -54,6 +54,7 @@ def _load(paths, profile: str, fixtures_dir: Path | None):
 
 def _print_errors(exc: SpecErrors | SpecError) -> None:
     errors = exc.errors if isinstance(exc, SpecErrors) else [exc]
+    errors = sorted(errors, key=lambda e: (e.file or "", e.line or 0))  # read top to bottom, file by file
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     print(f"{len(errors)} problem{'s' if len(errors) != 1 else ''} found; nothing was run.", file=sys.stderr)
