@@ -83,11 +83,11 @@ def train(model, task: Task, spec: Any, seed: int, device: str, label: str = "tr
     loss_value, acc = float("nan"), float("nan")
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.2f}"),
+                        TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"),
                         TimeElapsedColumn(), console=console, transient=True,
                         disable=console is None or not console.is_terminal)
     with progress:
-        bar = progress.add_task(label, total=spec.steps, loss=float("nan"), acc=float("nan"))
+        bar = progress.add_task(label, total=spec.steps, loss="-", acc="-")
         for step in range(spec.steps):
             if fixed is not None:
                 batch = fixed.subset(rng.integers(0, len(fixed), spec.batch_size))
@@ -115,7 +115,7 @@ def train(model, task: Task, spec: Any, seed: int, device: str, label: str = "tr
                 acc = _accuracy(model, held_out, device)
                 model.train()
                 history.append({"step": step + 1, "loss": round(loss_value, 5), "accuracy": round(acc, 4)})
-            progress.update(bar, advance=1, loss=loss_value, acc=acc)
+            progress.update(bar, advance=1, loss=f"{loss_value:.3f}", acc="-" if math.isnan(acc) else f"{acc:.2f}")
     model.eval()
     return {
         "steps": spec.steps,

@@ -275,3 +275,16 @@ def test_formatters() -> None:
 def test_markdown_without_claims() -> None:
     md = render_markdown(RunReport(run_id="empty", started="s", profile="ci"))
     assert "`empty`" in md and "No claims were run." in md
+
+
+def test_console_table_compact_on_narrow_terminals() -> None:
+    report = make_report()
+    console = Console(record=True, width=80)
+    print_summary(report, console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for claim in report.claims:
+        assert claim.id[:20] in text.replace("\n", "")
+        for check in claim.checks:
+            assert check.name in text and str(check.effect.estimate)[:4] in text
+    assert "control" not in text  # dropped in compact mode; report.md has it

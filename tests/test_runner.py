@@ -195,3 +195,27 @@ def test_finetune_chain_keys_follow_the_parent(claim_tree, tmp_path):
     fixture.write_text(fixture.read_text().replace("steps: 30", "steps: 31"))
     (second,), _ = run([path], cache_dir=cache)
     assert second.models[0].key != ft.key and not second.models[0].cached
+
+
+@pytest.mark.slow
+def test_pretrain_recipe_trains_with_next_token_loss(claim_tree, tmp_path):
+    path = claim_tree("claims/pt.yaml", """
+        id: tiny.pretrained
+        statement: a pretrain fixture (next-token loss on every position) builds and runs
+        models:
+          m: {recipe: pretrain, architecture: {n_layer: 1, n_head: 2, n_embd: 16}, task: cdm9,
+              train: {steps: 20, batch_size: 16, lr: 3.0e-3, eval_every: 10}}
+        data: {task: cdm9, n: 50}
+        experiment: {head_ablation: {}}
+        expect:
+          - effect_at_most: {model: m, heads: [[0, 0]], value: 1.0}
+    """)
+    (res,), runner = run([path], cache_dir=tmp_path / "cache")
+    assert res.outcome == "passed", res.reason
+    (m,) = res.models
+    assert m.recipe == "pretrain" and m.info["steps"] == 20
+    meta = runner._ctx.cache.get(m.key)[1]
+    assert meta["payload"]["train"]["loss"] == "lm"
+    # Next-token loss over ~14 positions starts near log(vocab) and must fall within 20 steps.
+    history = [h["loss"] for h in meta["info"]["history"]]
+    assert history[-1] < 3.2 and history[-1] < history[0] + 1e-9

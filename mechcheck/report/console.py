@@ -150,7 +150,8 @@ def _format_arg(value: Any) -> str:
 
 def format_check_label(check: CheckResult, max_len: int | None = None) -> str:
     """The check name with its arguments, e.g. ``effect_at_least(model=target, heads=top_3, value=0.1)``."""
-    args = ", ".join(f"{k}={_format_arg(v)}" for k, v in (check.args or {}).items())
+    # Unset optional arguments (None: "use the experiment's default") are noise in a one-line label.
+    args = ", ".join(f"{k}={_format_arg(v)}" for k, v in (check.args or {}).items() if v is not None)
     label = f"{check.name}({args})" if args else check.name
     return one_line(label, max_len) if max_len else label
 
@@ -159,30 +160,57 @@ def _outcome_text(outcome: str) -> Text:
     return Text(outcome, style=outcome_style(outcome))
 
 
-def render_table(report: RunReport) -> Table:
-    """One row per check (claim id on its first row only); claims without checks show their reason."""
+#: below this console width the table drops the control / seeds / n / time columns and the check arguments
+COMPACT_BELOW = 140
+
+
+def render_table(report: RunReport, compact: bool = False) -> Table:
+    """One row per check (claim id on its first row only); claims without checks show their reason.
+
+    `compact` (narrow terminals): a bold row per claim (outcome, seeds, time), then one indented row per
+    check with its outcome, effect and threshold; check arguments, controls and n are in report.md.
+    """
     table = Table(
         title=f"mechcheck run {report.run_id} (profile {report.profile})",
         title_justify="left",
         show_lines=False,
     )
-    table.add_column("claim", style="bold", no_wrap=True)
-    table.add_column("check", overflow="fold")
-    table.add_column("outcome", no_wrap=True)
-    table.add_column("effect ± CI", justify="right", no_wrap=True)
-    table.add_column("threshold", justify="right", no_wrap=True)
-    table.add_column("control", overflow="fold")
-    table.add_column("seeds", justify="right")
-    table.add_column("n", justify="right")
-    table.add_column("time", justify="right", no_wrap=True)
+    if compact:
+        table.add_column("claim / check", overflow="fold")
+        table.add_column("outcome", no_wrap=True)
+        table.add_column("effect ± CI", justify="right", no_wrap=True)
+        table.add_column("threshold", justify="right", no_wrap=True)
+    else:
+        table.add_column("claim", style="bold", no_wrap=True)
+        table.add_column("check", overflow="fold")
+        table.add_column("outcome", no_wrap=True)
+        table.add_column("effect ± CI", justify="right", no_wrap=True)
+        table.add_column("threshold", justify="right", no_wrap=True)
+        table.add_column("control", overflow="fold")
+        table.add_column("seeds", justify="right")
+        table.add_column("n", justify="right")
+        table.add_column("time", justify="right", no_wrap=True)
 
     for index, claim in enumerate(report.claims):
         # a rule between claims keeps multi-check claims visually grouped
         end_section = index < len(report.claims) - 1
-        rows = _claim_rows(claim)
+        rows = _compact_rows(claim) if compact else _claim_rows(claim)
         for i, row in enumerate(rows):
             table.add_row(*row, end_section=end_section and i == len(rows) - 1)
     return table
+
+
+def _compact_rows(claim: ClaimResult) -> list[tuple[Any, ...]]:
+    seeds = f"{len(claim.seeds)} seed{'s' if len(claim.seeds) != 1 else ''}" if claim.seeds else ""
+    time = format_seconds(claim.durations.get("total"))
+    rows: list[tuple[Any, ...]] = [(Text(claim.id, style="bold"), _outcome_text(claim.outcome),
+                                    Text(", ".join(x for x in (seeds, time) if x), style="dim"), "")]
+    if not claim.checks:
+        rows.append((Text("  " + (one_line(claim.reason, 80) or "no checks"), style="italic"), "", "", ""))
+    for check in claim.checks:
+        rows.append(("  " + check.name, _outcome_text(check.outcome), format_estimate(check.effect),
+                     format_threshold(check)))
+    return rows
 
 
 def _claim_rows(claim: ClaimResult) -> list[tuple[Any, ...]]:
@@ -224,7 +252,7 @@ def format_counts(report: RunReport) -> Text:
 
 def print_summary(report: RunReport, console: Console, report_path: Path | str | None = None) -> None:
     """Print the table, the per-outcome counts and (when given) where the full report was written."""
-    console.print(render_table(report))
+    console.print(render_table(report, compact=console.width < COMPACT_BELOW))
     console.print(format_counts(report))
     if report_path is not None:
         console.print(Text("report: ", style="dim") + Text(str(report_path)))
