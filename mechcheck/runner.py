@@ -157,7 +157,9 @@ class Runner:
                 try:
                     built = build_model(spec, seed, self._ctx)
                 except CheckpointError as exc:
-                    raise SpecError(str(exc), file=spec.file or claim.file, field_path=f"models.{role}") from exc
+                    where = _failing_load(spec)
+                    raise SpecError(str(exc), file=where.file or claim.file, line=where.source_line,
+                                    field_path=where.source_field or f"models.{role}") from exc
                 handle = wrap(built.model, self.device)
                 handles[role].append(handle)
                 result.models.append(ModelRun(role, spec.name, seed, built.key, built.recipe, built.cached,
@@ -195,6 +197,13 @@ class Runner:
             except SpecError as exc:  # e.g. a head index beyond this model: this check is an error, others run
                 out.append(CheckResult(check.name, dict(check.args), "error", str(exc)))
         return out
+
+
+def _failing_load(spec):
+    """The `load` fixture at the root of `spec`'s `from` chain (the one whose checkpoint is read)."""
+    while spec.parent is not None:
+        spec = spec.parent
+    return spec
 
 
 def _spec_dict(claim) -> dict[str, Any]:

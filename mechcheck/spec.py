@@ -67,6 +67,9 @@ class ModelSpec:
     path: str | None = None
     hub: str | None = None
     revision: str | None = None
+    #: where `path` / `hub` is written (file `file`), for errors only a model can reveal (missing checkpoint)
+    source_line: int | None = None
+    source_field: str = ""
 
 
 @dataclass(frozen=True)
@@ -620,7 +623,9 @@ class _Loader:
         broken = ("task" in m and task is None) or ("from" in m and parent is None)
         if broken or len(self.errors) > n0:
             return None
-        return ModelSpec(name, recipe, f.file, description or "", arch, task, train, parent, **where)
+        key = "path" if "path" in m else "hub"
+        return ModelSpec(name, recipe, f.file, description or "", arch, task, train, parent, **where,
+                         source_line=m.val_line(key) if key in m else None, source_field=_p(prefix, key))
 
     def claim(self, doc: YMap, f: _F, fx: Path | None) -> ClaimSpec | None:
         """A claim from its file's top-level mapping, with the selected profile applied."""

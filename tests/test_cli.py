@@ -469,7 +469,7 @@ def test_pytest_plugin_runs_claims_as_tests(pytester, claim_tree, monkeypatch, t
     assert re.search(r"\[failed\] effect_at_least: .*= 0\.000 \[0\.000, 0\.000\] \(needs >= 0\.05", out), out
     # the error shows the one-line reason (file, field path, the missing path)
     missing = str(pytester.path / "claims" / "no" / "such" / "checkpoint")
-    assert re.search(rf"^err\.missing_checkpoint: error: .*missing\.yaml: models\.m: .*{re.escape(missing)}",
+    assert re.search(rf"^err\.missing_checkpoint: error: .*missing\.yaml:\d+: models\.m\.path: .*{re.escape(missing)}",
                      out, re.M), out
 
 
