@@ -11,9 +11,7 @@ a layer at once) are ablated too, because single-head effects hide redundancy (N
 <= 1.4 pp where whole layers cost 24-46 pp). The clean run is computed once per model and also yields the
 mean activations and the attention paid from the answer position to each token group.
 
-Effects are exact (one forward pass per head; no attribution approximation). The work saved is work not
-done: the ablated pass starts at the ablated layer from the clean run's residual stream, since everything
-below it is unchanged (bit-identical; `benchmarks/ablation_sweep.py` measures the saving). Per-example metrics:
+Effects are exact (one forward pass per head; no attribution approximation). Per-example metrics:
   accuracy    1 when the correct candidate's logit is strictly larger than every other candidate's
               (a tie is not a decision, so it counts as wrong)
   logit_diff  correct logit minus the largest other candidate logit
@@ -99,29 +97,16 @@ def _ablation_hooks(heads: Heads, method: str, positions: str, mean_z: dict[int,
 
 
 def forward_metrics(handle, batch: TaskBatch, heads: Heads = (), method: str = "zero", positions: str = "all",
-                    mean_z: dict[int, Any] | None = None, batch_size: int = 500,
-                    resid_pre: dict[int, Any] | None = None) -> dict[str, np.ndarray]:
-    """Per-example metrics of `handle` on `batch` with `heads` ablated (none: the clean run).
-
-    With `resid_pre` (the clean run's ``blocks.{L}.hook_resid_pre``, (n, T, d_model) per layer), the forward
-    pass starts at the first ablated layer: everything below it is identical to the clean run, so it is
-    reused instead of recomputed (bit-identical logits; see tests/test_ablation.py).
-    """
+                    mean_z: dict[int, Any] | None = None, batch_size: int = 500) -> dict[str, np.ndarray]:
+    """Per-example metrics of `handle` on `batch` with `heads` ablated (none: the clean run)."""
     import torch
 
-    start = min((layer for layer, _ in heads), default=0)
-    reuse = resid_pre is not None and start > 0
     out: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
     with torch.no_grad():
         for sl in _batches(len(batch), batch_size):
             tokens, answer_pos, candidates, target = _tensors(batch, sl, handle.device)
             hooks = _ablation_hooks(heads, method, positions, mean_z, answer_pos) if heads else []
-            if reuse:
-                logits = handle.bridge.run_with_hooks(resid_pre[start][sl], fwd_hooks=hooks, start_at_layer=start)
-            elif hooks:
-                logits = handle.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
-            else:
-                logits = handle.bridge(tokens)
+            logits = handle.bridge.run_with_hooks(tokens, fwd_hooks=hooks) if hooks else handle.bridge(tokens)
             for m, v in _metrics_from_logits(logits, answer_pos, candidates, target).items():
                 out[m].append(v)
     return {m: np.concatenate(v) for m, v in out.items()}
@@ -137,21 +122,16 @@ class _Replicate:
     layer_effect: dict[str, np.ndarray]  # metric -> (n, L)
     attention: dict[str, np.ndarray]  # token group -> (n, L, H)
     mean_z: dict[int, Any]
-    resid_pre: dict[int, Any]  # layer -> (n, T, d_model) clean residual stream entering that layer
     joint: dict[Heads, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def _clean_run(handle, batch: TaskBatch, batch_size: int):
-    """Clean metrics, per-position mean of hook_z over the batch, attention shares from the answer position,
-    and the residual stream entering every layer (for prefix reuse)."""
+    """Clean metrics, per-position mean of hook_z over the batch, and attention shares from the answer position."""
     import torch
 
     L = handle.n_layers
-    names = ({f"blocks.{layer}.attn.hook_z" for layer in range(L)}
-             | {f"blocks.{layer}.attn.hook_pattern" for layer in range(L)}
-             | {f"blocks.{layer}.hook_resid_pre" for layer in range(1, L)})
+    names = {f"blocks.{layer}.attn.hook_z" for layer in range(L)} | {f"blocks.{layer}.attn.hook_pattern" for layer in range(L)}
     z_sum = {layer: None for layer in range(L)}
-    resid: dict[int, list[Any]] = {layer: [] for layer in range(1, L)}
     clean: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
     attention: dict[str, list[np.ndarray]] = {g: [] for g in batch.groups}
     with torch.no_grad():
@@ -162,8 +142,6 @@ def _clean_run(handle, batch: TaskBatch, batch_size: int):
                 clean[m].append(v)
             rows = torch.arange(tokens.shape[0], device=tokens.device)
             per_layer = []
-            for layer in range(1, L):
-                resid[layer].append(cache[f"blocks.{layer}.hook_resid_pre"])
             for layer in range(L):
                 z = cache[f"blocks.{layer}.attn.hook_z"].double().sum(0)  # (T, H, d_head)
                 z_sum[layer] = z if z_sum[layer] is None else z_sum[layer] + z
@@ -175,8 +153,7 @@ def _clean_run(handle, batch: TaskBatch, batch_size: int):
                 attention[g].append((att * m).sum(-1).cpu().numpy())
     mean_z = {layer: (z_sum[layer] / len(batch)).to(torch.float32) for layer in range(L)}
     return ({m: np.concatenate(v) for m, v in clean.items()}, mean_z,
-            {g: np.concatenate(v) for g, v in attention.items()},
-            {layer: torch.cat(v) for layer, v in resid.items()})
+            {g: np.concatenate(v) for g, v in attention.items()})
 
 
 class HeadAblationResult:
@@ -220,7 +197,7 @@ class HeadAblationResult:
         key = tuple(sorted(set(heads)))
         if key not in run.joint:
             ablated = forward_metrics(run.handle, self.batch, key, self.args["method"], self.args["positions"],
-                                      run.mean_z, self.args["batch_size"], run.resid_pre)
+                                      run.mean_z, self.args["batch_size"])
             run.joint[key] = {m: run.clean[m] - ablated[m] for m in METRICS}
         return run.joint[key][metric]
 
@@ -273,22 +250,21 @@ def head_ablation(ctx: ExperimentContext, method: str = "mean", metric: str = "a
             runs[role] = []
             for i, handle in enumerate(handles):
                 progress.update(bar, description=f"head ablation: {role} (replicate {i + 1}/{len(handles)})")
-                clean, mean_z, attention, resid_pre = _clean_run(handle, batch, batch_size)
+                clean, mean_z, attention = _clean_run(handle, batch, batch_size)
                 progress.advance(bar)
                 L, H = handle.n_layers, handle.n_heads
                 head_eff = {m: np.zeros((len(batch), L, H), dtype=np.float32) for m in METRICS}
                 layer_eff = {m: np.zeros((len(batch), L), dtype=np.float32) for m in METRICS}
                 for layer in range(L):
                     for head in range(H):
-                        ablated = forward_metrics(handle, batch, ((layer, head),), method, positions, mean_z,
-                                                  batch_size, resid_pre)
+                        ablated = forward_metrics(handle, batch, ((layer, head),), method, positions, mean_z, batch_size)
                         for m in METRICS:
                             head_eff[m][:, layer, head] = clean[m] - ablated[m]
                         progress.advance(bar)
                     ablated = forward_metrics(handle, batch, tuple((layer, h) for h in range(H)), method, positions,
-                                              mean_z, batch_size, resid_pre)
+                                              mean_z, batch_size)
                     for m in METRICS:
                         layer_eff[m][:, layer] = clean[m] - ablated[m]
                     progress.advance(bar)
-                runs[role].append(_Replicate(handle, clean, head_eff, layer_eff, attention, mean_z, resid_pre))
+                runs[role].append(_Replicate(handle, clean, head_eff, layer_eff, attention, mean_z))
     return HeadAblationResult(args, batch, dict(ctx.fixtures), runs)
