@@ -155,7 +155,7 @@ _MODEL = Param("model", "model", required=True, doc="role of the model in the cl
 
 @CHECKS.register("accuracy_at_least", params=(
     _MODEL, Param("value", "float", required=True, min=0.0, max=1.0, doc="accuracy threshold"),
-), direction=">=")
+))
 def accuracy_at_least(ctx: CheckContext, model: str, value: float) -> CheckResult:
     """The model's clean accuracy on the eval set is at least `value`."""
     est = ctx.bootstrap(ctx.result.clean(model, "accuracy"))
@@ -171,7 +171,7 @@ def accuracy_at_least(ctx: CheckContext, model: str, value: float) -> CheckResul
     Param("layers", "layers", required=True, doc="the layers they should lie in"),
     Param("at_least", "float", default=0.5, min=0.0, max=1.0, doc="share of the top heads that must lie there"),
     _METRIC,
-), direction=">=")
+))
 def top_heads_in_layers(ctx: CheckContext, model: str, top: int, layers: list[int], at_least: float = 0.5,
                         metric: str | None = None) -> CheckResult:
     """The `top` heads with the largest ablation effect lie (mostly) in `layers`."""
@@ -238,13 +238,13 @@ def _effect_params(bound: str) -> tuple[Param, ...]:
             _METRIC)
 
 
-@CHECKS.register("effect_at_least", params=_effect_params("smallest"), direction=">=")
+@CHECKS.register("effect_at_least", params=_effect_params("smallest"))
 def effect_at_least(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None) -> CheckResult:
     """Ablating `heads` together lowers the metric by at least `value`."""
     return _effect_check(ctx, "effect_at_least", model, heads, value, metric, ">=")
 
 
-@CHECKS.register("effect_at_most", params=_effect_params("largest"), direction="<=")
+@CHECKS.register("effect_at_most", params=_effect_params("largest"))
 def effect_at_most(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None) -> CheckResult:
     """Ablating `heads` together lowers the metric by at most `value` (the heads do not matter)."""
     return _effect_check(ctx, "effect_at_most", model, heads, value, metric, "<=")
@@ -255,7 +255,7 @@ def effect_at_most(ctx: CheckContext, model: str, heads: Any, value: float, metr
     Param("heads", "heads", required=True, doc="[[layer, head], ...], 'top_head' or 'top_<k>'"),
     Param("tokens", "tokens", required=True, doc="token group of the task, e.g. numbers"),
     Param("at_least", "float", required=True, min=0.0, max=1.0, doc="smallest share of attention"),
-), direction=">=")
+))
 def attention_to(ctx: CheckContext, model: str, heads: Any, tokens: str, at_least: float) -> CheckResult:
     """Share of attention from the answer position to the `tokens` group, averaged over `heads`."""
     res = ctx.result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from mechcheck.errors import SpecError, SpecErrors
@@ -109,14 +110,10 @@ def _cmd_run(args) -> int:
             console.print(f"  {'running':>12}  {claim.id} ...")
             runner.run_claim(claim)
     except KeyboardInterrupt:
-        from datetime import datetime, timezone
-
         report.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         report.write_json(out_dir / "report.json")
         console.print(f"interrupted; partial report in {out_dir / 'report.json'}")
         return 130
-    from datetime import datetime, timezone
-
     report.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     paths = write_report(report, out_dir)
     # Wide enough for every column when stdout is a file or a CI log (rich would assume 80).

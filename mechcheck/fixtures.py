@@ -70,8 +70,11 @@ def _task_payload(spec) -> dict[str, Any]:
 
 
 def is_trained(spec) -> bool:
-    """Whether building `spec` trains anything (then seeds give independent replicates)."""
-    return spec.recipe != "load" or (spec.parent is not None and is_trained(spec.parent))
+    """Whether building `spec` trains anything (then seeds give independent replicates).
+
+    Every recipe but `load` trains, and `load` has no parent, so the recipe alone decides.
+    """
+    return spec.recipe != "load"
 
 
 def build_model(spec, seed: int, ctx: BuildContext) -> Built:

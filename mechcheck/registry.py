@@ -54,7 +54,7 @@ class Entry:
     func: Callable[..., Any]
     params: tuple[Param, ...]
     doc: str = ""
-    #: extra facts a registry kind needs (e.g. a task generator's `version`, a check's `direction`)
+    #: extra facts a registry kind needs (e.g. a task generator's `version` and `token_groups`)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def param(self, name: str) -> Param | None:

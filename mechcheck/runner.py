@@ -14,7 +14,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,6 @@ class Runner:
     _ctx: Any = None
     device: str = "cpu"
     on_result: Callable[[ClaimResult], None] | None = None
-    results: list[ClaimResult] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         import torch
@@ -113,7 +112,7 @@ class Runner:
         t0 = time.perf_counter()
         phase = "build"
         try:
-            handles, models = self._build(claim, seeds, result)
+            handles = self._build(claim, seeds, result)
             result.durations["build"] = round(time.perf_counter() - t0, 2)
             phase = "experiment"
             t1 = time.perf_counter()
@@ -136,7 +135,6 @@ class Runner:
             result.reason = f"{phase} failed: {type(exc).__name__}: {exc}".splitlines()[0]
             result.traceback = traceback.format_exc()
         result.durations["total"] = round(time.perf_counter() - t0, 2)
-        self.results.append(result)
         if self.on_result:
             self.on_result(result)
         return result
@@ -164,7 +162,7 @@ class Runner:
                 handles[role].append(handle)
                 result.models.append(ModelRun(role, spec.name, seed, built.key, built.recipe, built.cached,
                                               handle.n_layers, handle.n_heads, _brief(built.info)))
-        return handles, claim.models
+        return handles
 
     def _experiment(self, claim, handles):
         from mechcheck.experiments.head_ablation import ExperimentContext

@@ -56,38 +56,42 @@ def write(root: Path, rel: str, text: str) -> Path:
     return path
 
 
-@pytest.fixture
-def claim_tree(tmp_path: Path, known_answer_dir: Path):
-    """A project with fixtures/ for the known-answer model and the copy task; returns a writer of claims.
-
-    Usage: ``path = claim_tree("claims/x.yaml", yaml_text)``; the fixtures are `copy6` (task), `one-head`
-    (load of the known-answer checkpoint), `cdm9` (task) and `tiny-cdm` (a 2x2, d=32 scratch model that
-    trains 30 steps in a few seconds: too short to learn the task, long enough to test the machinery).
-    """
-    write(tmp_path, "fixtures/tasks/copy6.yaml", """
+def write_fixtures(root: Path, known_answer_dir: Path) -> None:
+    """fixtures/ of the test projects: tasks `copy6` and `cdm9`; models `one-head` (load of the known-answer
+    checkpoint) and `tiny-cdm` (a 2x2, d=32 scratch model that trains 30 steps in a few seconds: too short to
+    learn the task, long enough to test the machinery)."""
+    write(root, "fixtures/tasks/copy6.yaml", """
         name: copy6
         generator: copy_first
         args: {length: 6}
     """)
-    write(tmp_path, "fixtures/models/one-head.yaml", f"""
+    write(root, "fixtures/models/one-head.yaml", f"""
         name: one-head
         recipe: load
         path: {known_answer_dir}
         task: copy6
     """)
-
-    write(tmp_path, "fixtures/tasks/cdm9.yaml", """
+    write(root, "fixtures/tasks/cdm9.yaml", """
         name: cdm9
         generator: cdm
         args: {vocab: words, max_number: 9}
     """)
-    write(tmp_path, "fixtures/models/tiny-cdm.yaml", """
+    write(root, "fixtures/models/tiny-cdm.yaml", """
         name: tiny-cdm
         recipe: scratch
         architecture: {n_layer: 2, n_head: 2, n_embd: 32}
         task: cdm9
         train: {steps: 30, batch_size: 32, lr: 3.0e-3, eval_every: 10}
     """)
+
+
+@pytest.fixture
+def claim_tree(tmp_path: Path, known_answer_dir: Path):
+    """A project with the `write_fixtures` fixtures; returns a writer of claims.
+
+    Usage: ``path = claim_tree("claims/x.yaml", yaml_text)``; ``claim_tree.root`` is the project folder.
+    """
+    write_fixtures(tmp_path, known_answer_dir)
 
     def add(rel: str, text: str) -> Path:
         return write(tmp_path, rel, text)

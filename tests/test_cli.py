@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import KNOWN_HEAD_PASSES, UNUSED_HEAD_FAILS, write
+from conftest import KNOWN_HEAD_PASSES, UNUSED_HEAD_FAILS, write, write_fixtures
 
 from mechcheck.results import SCHEMA_VERSION, RunReport
 
@@ -266,17 +266,7 @@ class KnownAnswerRuns:
 @pytest.fixture(scope="module")
 def known_runs(tmp_path_factory, known_answer_dir):
     root = tmp_path_factory.mktemp("known-project")
-    write(root, "fixtures/tasks/copy6.yaml", """
-        name: copy6
-        generator: copy_first
-        args: {length: 6}
-    """)
-    write(root, "fixtures/models/one-head.yaml", f"""
-        name: one-head
-        recipe: load
-        path: {known_answer_dir}
-        task: copy6
-    """)
+    write_fixtures(root, known_answer_dir)
     write(root, "claims/known.yaml", KNOWN_HEAD_PASSES)
     write(root, "claims/unused.yaml", UNUSED_HEAD_FAILS)
     write(root, "claims-errors/a_bad_head.yaml", BAD_HEAD)
