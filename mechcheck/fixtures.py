@@ -102,7 +102,11 @@ def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any]
         info = train(model, task, spec.train, seed, ctx.device, label=label, console=ctx.console)
         model.to("cpu")
         ctx.cache.put(key, model, payload, info)
+        meta = ctx.cache.get(key)[1]
         built = Built(model, key, spec.recipe, False, info, task)
+    # The weights' hash lets two reports show whether they measured the very same model (cache keys say
+    # "same recipe"; this says "same bits").
+    built.info = {**built.info, "weights_sha256": meta["files"].get("model.safetensors")}
     ctx.memo[key] = built
     return built
 

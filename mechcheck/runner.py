@@ -96,8 +96,9 @@ class Runner:
 
         from mechcheck.cache import ModelCache
         from mechcheck.fixtures import BuildContext
-        from mechcheck.models import choose_device
+        from mechcheck.models import choose_device, pin_mkl_threads
 
+        pin_mkl_threads()
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         self.device = choose_device(self.options.device)

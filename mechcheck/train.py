@@ -71,6 +71,9 @@ def train(model, task: Task, spec: Any, seed: int, device: str, label: str = "tr
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from mechcheck.models import pin_mkl_threads
+
+    pin_mkl_threads()
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 0x7A1])
     model.to(device).train()

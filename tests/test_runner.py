@@ -153,6 +153,8 @@ def test_trained_fixture_replicates_cache_and_determinism(claim_tree, tmp_path):
     (second,), _ = run([path], cache_dir=cache)
     assert all(m.cached for m in second.models)
     assert [m.key for m in second.models] == [m.key for m in first.models]
+    hashes = [m.info["weights_sha256"] for m in first.models]
+    assert len(set(hashes)) == 2 and [m.info["weights_sha256"] for m in second.models] == hashes
     assert [c.effect for c in second.checks] == [c.effect for c in first.checks]
     assert second.experiment["models"] == first.experiment["models"]
 
