@@ -33,6 +33,8 @@ class BuildContext:
     cache: ModelCache
     device: str = "cpu"
     console: Any = None
+    #: torch threads while training (1: bit-reproducible replicates; see mechcheck.train)
+    train_threads: int | None = 1
     #: fixture key -> Built, so a fixture shared by several claims (or a parent shared by several
     #: children) is built or loaded once per run
     memo: dict[str, Built] = field(default_factory=dict)
@@ -86,6 +88,9 @@ def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any]
     """Shared tail of the training recipes: cache lookup, else init() + train + store."""
     from mechcheck.train import train
 
+    # Where and how a model was trained changes its bits (CUDA vs CPU kernels; how many threads split each
+    # reduction), so it is part of the key: one key, one set of weights.
+    payload = {**payload, "trained_on": {"device": ctx.device.split(":")[0], "threads": ctx.train_threads}}
     key = cache_key(payload)
     if key in ctx.memo:
         return ctx.memo[key]
@@ -99,7 +104,8 @@ def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any]
     else:
         model = init()
         label = f"{spec.recipe} {spec.name} (seed {seed})"
-        info = train(model, task, spec.train, seed, ctx.device, label=label, console=ctx.console)
+        info = train(model, task, spec.train, seed, ctx.device, label=label, console=ctx.console,
+                     threads=ctx.train_threads)
         model.to("cpu")
         ctx.cache.put(key, model, payload, info)
         meta = ctx.cache.get(key)[1]

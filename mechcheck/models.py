@@ -51,12 +51,12 @@ class ModelHandle:
 
 
 def pin_mkl_threads() -> None:
-    """Turn off MKL's dynamic threading, so CPU results do not depend on the process's history.
+    """Turn off MKL's dynamic threading (MKL's default is on), so MKL always uses the threads torch asks for.
 
-    Measured here: with MKL_DYNAMIC on (MKL's default), merely running a subprocess before training changed
-    the trained weights of the ci fixture (final loss 0.0796 vs 0.0974, same seed), because MKL may pick a
-    different number of threads and so a different summation order. With it off, training is bit-identical
-    with or without the fork. Idempotent; a no-op for builds of torch without MKL.
+    Measured here: with it on, merely running a subprocess before two-threaded training changed the trained
+    weights of the ci fixture. Turning it off removed that case but not every run-to-run difference of
+    multi-threaded training, which is why training defaults to one thread (see `mechcheck.train`).
+    Idempotent; a no-op for builds of torch without MKL.
     """
     import ctypes
 

@@ -33,6 +33,8 @@ class RunOptions:
     device: str | None = None
     cache_dir: Path | None = None
     threads: int | None = None
+    #: torch threads while training; 1 makes trained replicates bit-identical across processes
+    train_threads: int = 1
     #: overrides the claims' `seeds:` (e.g. 1 for a quick look); None keeps each claim's own
     seeds: int | None = None
     n_boot: int = 2000
@@ -102,7 +104,8 @@ class Runner:
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         self.device = choose_device(self.options.device)
-        self._ctx = BuildContext(ModelCache(self.options.cache_dir), self.device, self.options.console)
+        self._ctx = BuildContext(ModelCache(self.options.cache_dir), self.device, self.options.console,
+                                 self.options.train_threads)
 
     def run_claim(self, claim) -> ClaimResult:
         """Evaluate one claim; never raises for problems of the claim itself."""

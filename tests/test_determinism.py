@@ -1,8 +1,9 @@
 """Training is bit-reproducible across processes, whatever the process did before it trained.
 
-Regression test for MKL's dynamic threading: with it on (MKL's default), a `mechcheck run` that had read the
-git sha (a subprocess) trained the shipped ci fixture to different weights than a process that had not
-(final loss 0.0974 vs 0.0796, same seed). `mechcheck.models.pin_mkl_threads` turns it off.
+Regression test: with two training threads, the shipped ci fixture (seed 0) trained to one of two different
+sets of weights (final loss 0.0796 or 0.0974) depending on the process's history, e.g. whether `mechcheck
+run` had already started a subprocess to read the git sha. Training now runs single-threaded by default
+(`mechcheck.train`), which gave identical weights every time.
 """
 
 from __future__ import annotations
