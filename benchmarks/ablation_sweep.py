@@ -22,7 +22,8 @@ import time
 import numpy as np
 import torch
 
-from mechcheck.experiments.head_ablation import _metrics_from_logits, forward_metrics
+from mechcheck.experiments.head_ablation import forward_metrics
+from mechcheck.metrics import answer_metrics
 from mechcheck.models import build_gpt2, wrap
 from mechcheck.tasks.cdm import make_cdm
 
@@ -48,7 +49,7 @@ def raw_hf_sweep(model, batch) -> np.ndarray:
                     logits = model(tokens).logits
                 finally:
                     handle.remove()
-                out[:, layer, head] = _metrics_from_logits(logits, answer_pos, candidates, target)["logit_diff"]
+                out[:, layer, head] = answer_metrics(logits, answer_pos, candidates, target)["logit_diff"]
     return out
 
 

@@ -26,18 +26,7 @@ import numpy as np
 
 from mechcheck.tasks import Task, TaskBatch
 
-__all__ = ["train", "candidate_logits", "lm_inputs"]
-
-
-def candidate_logits(logits, batch_answer_pos, candidates):
-    """(B, C) logits of the answer candidates at each example's answer position.
-
-    logits: (B, T, V) full logits; batch_answer_pos: (B,) long tensor; candidates: (C,) long tensor.
-    """
-    import torch
-
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, batch_answer_pos][:, candidates]
+__all__ = ["lm_inputs", "train"]
 
 
 def lm_inputs(batch: TaskBatch) -> tuple[np.ndarray, np.ndarray]:
@@ -62,11 +51,14 @@ def _lr_at(step: int, steps: int, warmup: int) -> float:
 def _accuracy(model, batch: TaskBatch, device: str) -> float:
     import torch
 
+    from mechcheck.metrics import answer_metrics
+
     with torch.no_grad():
         logits = model(torch.as_tensor(batch.tokens, device=device)).logits
-        cand = candidate_logits(logits, torch.as_tensor(batch.answer_pos, device=device),
-                                torch.as_tensor(batch.candidates, device=device))
-    return float((cand.argmax(-1).cpu().numpy() == batch.target).mean())
+        metrics = answer_metrics(logits, torch.as_tensor(batch.answer_pos, device=device),
+                                 torch.as_tensor(batch.candidates, device=device),
+                                 torch.as_tensor(batch.target, device=device))
+    return float(metrics["accuracy"].mean())
 
 
 def train(model, task: Task, spec: Any, seed: int, device: str, label: str = "training",

@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from mechcheck.metrics import METRICS, answer_metrics
 from mechcheck.registry import EXPERIMENTS, Param
 from mechcheck.tasks import TaskBatch
 
 __all__ = ["head_ablation", "HeadAblationResult", "ExperimentContext", "forward_metrics", "Heads"]
 
-METRICS = ("accuracy", "logit_diff")
 Heads = tuple[tuple[int, int], ...]
 
 
@@ -44,22 +44,6 @@ class ExperimentContext:
     #: seed for anything random the experiment draws (e.g. control head sets)
     seed: int = 0
     console: Any = None
-
-
-def _metrics_from_logits(logits, answer_pos, candidates, target) -> dict[str, np.ndarray]:
-    """Per-example accuracy and logit difference. logits (B, T, V); returns arrays of shape (B,)."""
-    import torch
-
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    cand = logits[rows, answer_pos][:, candidates].float()  # (B, C)
-    correct = cand[rows, target]
-    others = cand.clone()
-    others[rows, target] = -torch.inf
-    best_other = others.max(dim=-1).values
-    return {
-        "accuracy": (correct > best_other).float().cpu().numpy(),
-        "logit_diff": (correct - best_other).cpu().numpy(),
-    }
 
 
 def _batches(n: int, size: int):
@@ -107,7 +91,7 @@ def forward_metrics(handle, batch: TaskBatch, heads: Heads = (), method: str = "
             tokens, answer_pos, candidates, target = _tensors(batch, sl, handle.device)
             hooks = _ablation_hooks(heads, method, positions, mean_z, answer_pos) if heads else []
             logits = handle.bridge.run_with_hooks(tokens, fwd_hooks=hooks) if hooks else handle.bridge(tokens)
-            for m, v in _metrics_from_logits(logits, answer_pos, candidates, target).items():
+            for m, v in answer_metrics(logits, answer_pos, candidates, target).items():
                 out[m].append(v)
     return {m: np.concatenate(v) for m, v in out.items()}
 
@@ -138,7 +122,7 @@ def _clean_run(handle, batch: TaskBatch, batch_size: int):
         for sl in _batches(len(batch), batch_size):
             tokens, answer_pos, candidates, target = _tensors(batch, sl, handle.device)
             logits, cache = handle.bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
-            for m, v in _metrics_from_logits(logits, answer_pos, candidates, target).items():
+            for m, v in answer_metrics(logits, answer_pos, candidates, target).items():
                 clean[m].append(v)
             rows = torch.arange(tokens.shape[0], device=tokens.device)
             per_layer = []
