@@ -169,7 +169,7 @@ class Runner:
         return handles
 
     def _experiment(self, claim, handles):
-        from mechcheck.experiments.head_ablation import ExperimentContext
+        from mechcheck.experiments import ExperimentContext
         from mechcheck.fixtures import make_task
         from mechcheck.registry import EXPERIMENTS
 
@@ -182,7 +182,8 @@ class Runner:
                                 file=claim.file, field_path="data.task")
         batch = task.sample(claim.data.n, claim.data.split, claim.data.seed)
         ctx = ExperimentContext(handles, {r: s.name for r, s in claim.models.items()}, batch,
-                                seed=claim.data.seed, console=self.options.console)
+                                seed=claim.data.seed, console=self.options.console, specs=dict(claim.models),
+                                build=self._ctx, n_seeds=self.options.seeds or claim.seeds)
         entry = EXPERIMENTS.get(claim.experiment.name)
         return entry.func(ctx, **entry.with_defaults(dict(claim.experiment.args)))
 

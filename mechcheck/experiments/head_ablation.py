@@ -26,24 +26,13 @@ from typing import Any
 import numpy as np
 
 from mechcheck.metrics import METRICS, answer_metrics
+from mechcheck.experiments import ExperimentContext
 from mechcheck.registry import EXPERIMENTS, Param
 from mechcheck.tasks import TaskBatch
 
 __all__ = ["head_ablation", "HeadAblationResult", "ExperimentContext", "forward_metrics", "Heads"]
 
 Heads = tuple[tuple[int, int], ...]
-
-
-@dataclass
-class ExperimentContext:
-    """What an experiment runs on: per role, one `ModelHandle` per replicate, and the eval batch."""
-
-    models: dict[str, list[Any]]
-    fixtures: dict[str, str]
-    batch: TaskBatch
-    #: seed for anything random the experiment draws (e.g. control head sets)
-    seed: int = 0
-    console: Any = None
 
 
 def _batches(n: int, size: int):

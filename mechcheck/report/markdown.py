@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["render_markdown", "write_figures", "safe_name"]
+__all__ = ["render_markdown", "write_figures", "safe_name", "figure_drawer"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -263,6 +263,7 @@ def write_figures(claim: ClaimResult, fig_dir: Path) -> list[Path]:
     gets no figures. A role whose data is malformed is skipped with a warning rather than an exception,
     because losing a plot must never cost the report itself.
     """
+    _load_figure_modules()
     experiment = claim.experiment or {}
     drawer = _FIGURE_DRAWERS.get(str(experiment.get("name")))
     if drawer is None:
@@ -300,6 +301,32 @@ def _head_ablation_figures(claim: ClaimResult, fig_dir: Path) -> list[Path]:
 _FIGURE_DRAWERS: dict[str, Callable[[ClaimResult, Path], list[Path]]] = {
     "head_ablation": _head_ablation_figures,
 }
+
+
+#: modules under mechcheck/report/ that register drawers for other experiments with `figure_drawer`
+_FIGURE_MODULES: tuple[str, ...] = ()
+
+
+def _load_figure_modules() -> None:
+    import importlib
+
+    for mod in _FIGURE_MODULES:
+        importlib.import_module(mod)
+
+
+def figure_drawer(experiment: str) -> Callable[[Callable[[ClaimResult, Path], list[Path]]],
+                                                Callable[[ClaimResult, Path], list[Path]]]:
+    """Decorator: `func(claim, fig_dir) -> [png paths]` draws the figures of claims that ran `experiment`.
+
+    It reads only ``claim.experiment`` (the experiment's JSON summary), so a report can be redrawn from
+    report.json alone. Modules that register experiments register their drawers the same way.
+    """
+
+    def deco(func: Callable[[ClaimResult, Path], list[Path]]) -> Callable[[ClaimResult, Path], list[Path]]:
+        _FIGURE_DRAWERS[experiment] = func
+        return func
+
+    return deco
 
 
 def _save(fig: Figure, path: Path) -> None:

@@ -73,6 +73,8 @@ def _trials(rows: np.ndarray) -> dict[str, np.ndarray]:
         "color_sign": side_c,
         "choice": choice,
         "congruent": (side_m == side_c).astype(np.int64),
+        # Lin 2024's "response type" (METHODS.md §1.2.4, ours): context x congruent/incongruent, 4 classes
+        "response_type": (2 * ctx + (side_m == side_c)).astype(np.int64),
     }
 
 
