@@ -144,8 +144,9 @@ def test_cdm_words_labels_consistent_with_tokens(cdm_words):
     np.testing.assert_array_equal(b.labels["choice"], b.target)
     np.testing.assert_array_equal(b.labels["choice"], np.where(ctx == 0, motion_sign, color_sign))
     np.testing.assert_array_equal(b.labels["congruent"], (motion_sign == color_sign).astype(int))
+    np.testing.assert_array_equal(b.labels["response_type"], 2 * ctx + (motion_sign == color_sign))
     for k, v in b.labels.items():
-        assert v.shape == (len(b),) and set(np.unique(v)) <= {0, 1}, k
+        assert v.shape == (len(b),) and set(np.unique(v)) <= ({0, 1, 2, 3} if k == "response_type" else {0, 1}), k
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])
