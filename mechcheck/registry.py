@@ -21,9 +21,12 @@ __all__ = ["Param", "Entry", "Registry", "TASKS", "EXPERIMENTS", "CHECKS", "RECI
 #: Parameter kinds understood by the spec validator (`mechcheck.spec`):
 #: int, float (ints accepted), str, bool, choice (one of `choices`), layers (list of ints),
 #: head ([layer, head]), heads (list of [layer, head], or a selector string: "top_head", "top_<k>"),
-#: model (a role named in the claim's `models`), tokens (a token-group name of the task), mapping (free dict).
+#: model (a role named in the claim's `models`), tokens (a token-group name of the task), mapping (free dict),
+#: ints (non-empty list of distinct ints within min/max), strings (non-empty list of distinct names; one of
+#: `choices` each when choices are given; a single name is accepted as a list of one).
 PARAM_KINDS = (
-    "int", "float", "str", "bool", "choice", "layers", "head", "heads", "model", "tokens", "mapping",
+    "int", "float", "str", "bool", "choice", "layers", "head", "heads", "model", "tokens", "mapping", "ints",
+    "strings",
 )
 
 

@@ -408,6 +408,30 @@ def _value(v: Any, p: Param, line: int, path: str, f: _F, refs: _Refs) -> Any:
                 f.err(_item_line(v, i, line), f"{path}[{i}]", f"expected a layer index (integer >= 0), got {_show(x)}")
                 return _BAD
         v = list(v)
+    if k == "ints":
+        if not isinstance(v, list) or not v:
+            return bad(f"expected a non-empty list of integers, got {_show(v)}")
+        for i, x in enumerate(v):
+            if not _is_int(x) or (p.min is not None and x < p.min) or (p.max is not None and x > p.max):
+                bounds = "" if p.min is None else f" >= {p.min:g}"
+                f.err(_item_line(v, i, line), f"{path}[{i}]", f"expected an integer{bounds}, got {_show(x)}")
+                return _BAD
+        if len(set(v)) != len(v):
+            return bad(f"duplicate values in {_show(v)}")
+        return list(v)
+    if k == "strings":
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not v:
+            return bad(f"expected a non-empty list of names, got {_show(v)}")
+        for i, x in enumerate(v):
+            if not isinstance(x, str) or (p.choices and x not in p.choices):
+                f.err(_item_line(v, i, line), f"{path}[{i}]", f"invalid value {_show(x)}", p.choices,
+                      nearest(str(x), [str(c) for c in p.choices]) if p.choices else None)
+                return _BAD
+        if len(set(v)) != len(v):
+            return bad(f"duplicate names in {_show(v)}")
+        return list(v)
     if k == "head":
         return _head(v, line, path, f)
     if k == "heads":

@@ -398,3 +398,23 @@ def test_load_single_fixtures_and_their_errors(tmp_path):
 def test_claim_without_fixtures_dir_names_the_problem(tmp_path):
     root = write(tmp_path, {"claims/c.yaml": claim()})
     assert "no fixtures/ directory" in errors_of(root)
+
+
+def test_list_kinds_validate_items(tmp_path):
+    """`ints` and `strings` parameters: items are checked one by one, with the item's path."""
+    from mechcheck.registry import Param
+    from mechcheck.spec import _F, _Refs, _value
+
+    f = _F([], "x.yaml")
+    ints = Param("n", "ints", min=1)
+    assert _value([3, 1, 2], ints, 1, "a.n", f, _Refs()) == [3, 1, 2]
+    strings = Param("v", "strings", choices=("context", "choice"))
+    assert _value("context", strings, 1, "a.v", f, _Refs()) == ["context"]
+    assert not f.errors
+    _value([1, 0], ints, 4, "a.n", f, _Refs())
+    _value([2, 2], ints, 5, "a.n", f, _Refs())
+    _value(["context", "choise"], strings, 6, "a.v", f, _Refs())
+    messages = [str(e) for e in f.errors]
+    assert "x.yaml:4: a.n[1]: expected an integer >= 1, got 0" in messages[0]
+    assert "duplicate values" in messages[1]
+    assert "a.v[1]: invalid value 'choise'" in messages[2] and "did you mean 'choice'?" in messages[2]
