@@ -116,6 +116,7 @@ _BUILTIN_MODULES = (
     "mechcheck.tasks.cdm",
     "mechcheck.tasks.toy",
     "mechcheck.experiments.head_ablation",
+    "mechcheck.experiments.sample_efficiency",
     "mechcheck.checks",
     "mechcheck.fixtures",
 )

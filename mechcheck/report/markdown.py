@@ -304,7 +304,7 @@ _FIGURE_DRAWERS: dict[str, Callable[[ClaimResult, Path], list[Path]]] = {
 
 
 #: modules under mechcheck/report/ that register drawers for other experiments with `figure_drawer`
-_FIGURE_MODULES: tuple[str, ...] = ()
+_FIGURE_MODULES: tuple[str, ...] = ("mechcheck.report.efficiency_figures",)
 
 
 def _load_figure_modules() -> None:
