@@ -220,8 +220,9 @@ def sample_efficiency(ctx: ExperimentContext, n_train: list[int], target: float 
     # The nested training bars of `train` would fight this one for the terminal: variants build quietly,
     # with the same cache, device and memo.
     quiet = dataclasses.replace(ctx.build, console=None)
-    plan = [(role, seed, n) for role in roles for seed in range(_replicates(ctx.specs[role], ctx.n_seeds))
-            for n in grid]
+    # Seed-major: a run stopped early has whole replicates of every role (and the cache keeps what it trained).
+    plan = [(role, seed, n) for seed in range(ctx.n_seeds) for role in roles
+            if seed < _replicates(ctx.specs[role], ctx.n_seeds) for n in grid]
     accuracy: dict[str, np.ndarray] = {}
     variants: dict[str, list[list[_Variant]]] = {}
     console = ctx.console
