@@ -289,3 +289,76 @@ def attention_to(ctx: CheckContext, model: str, heads: Any, tokens: str, at_leas
                        {"label": "all other heads", "estimate": ctrl.estimate, "lo": ctrl.lo, "hi": ctrl.hi,
                         "uniform": uniform},
                        {"selected_heads": _selected(pieces)})
+
+
+# ------------------------------------------------------------------------------------- layer profiles
+
+
+def layer_profile(effect_mean: np.ndarray) -> np.ndarray:
+    """LP(l) = sum over heads of the positive mean effects of layer l (METHODS.md §1.3); (L, H) -> (L,).
+
+    Only drops count as importance: a head whose ablation *helps* is not "relied on" less than nothing.
+    """
+    return np.clip(effect_mean, 0.0, None).sum(axis=1)
+
+
+def layer_centroid(effect_mean: np.ndarray) -> float:
+    """Importance-weighted mean layer sum_l l LP(l) / sum_l LP(l); NaN when no head matters at all."""
+    lp = layer_profile(effect_mean)
+    total = lp.sum()
+    return float((np.arange(len(lp)) * lp).sum() / total) if total > 0 else float("nan")
+
+
+def _centroid_of(arrays: list[np.ndarray]) -> float:
+    """Mean over replicates of the centroid of each replicate's mean (L, H) effect."""
+    return float(np.mean([layer_centroid(a.mean(0)) for a in arrays]))
+
+
+def _critical(per_seed: list[np.ndarray], tau: float) -> list[str]:
+    """Heads whose mean effect is >= tau in at least 2/3 of the replicates (METHODS.md §1.6)."""
+    means = np.stack([a.mean(0) for a in per_seed])  # (R, L, H)
+    share = (means >= tau).mean(0)
+    L, H = share.shape
+    return [f"L{i // H}H{i % H}" for i in np.flatnonzero(share.reshape(-1) >= 2 / 3 - 1e-9)]
+
+
+@CHECKS.register("layer_centroid_higher", params=(
+    _MODEL,
+    Param("than", "model", required=True, doc="the model whose heads should sit in earlier layers"),
+    Param("by", "float", default=0.0, doc="how many layers higher the centroid must at least be"),
+    Param("critical", "float", default=0.05, min=0.0, doc="effect from which a head counts as critical (listed)"),
+    Param("expected_heads", "heads", doc="heads a paper names for `model`: reported as critical or not, never judged"),
+    _METRIC,
+))
+def layer_centroid_higher(ctx: CheckContext, model: str, than: str, by: float = 0.0, critical: float = 0.05,
+                          expected_heads: Any = None, metric: str | None = None) -> CheckResult:
+    """`model` relies on later layers than `than`: its importance-weighted layer centroid is higher by > `by`."""
+    metric = _metric(ctx, metric)
+    res = ctx.result
+    if not hasattr(res, "head_effects"):
+        raise ctx.error("layer_centroid_higher needs the head_ablation experiment")
+    (La, Ha), (Lb, Hb) = res.shape(model), res.shape(than)
+    if La != Lb:
+        raise ctx.error(f"'{model}' has {La} layers and '{than}' {Lb}: layer centroids are only comparable "
+                        "between models of the same depth")
+    a, b = res.head_effects(model, metric), res.head_effects(than, metric)
+    est = stats.bootstrap_difference(a, b, _centroid_of, n_boot=ctx.n_boot, seed=ctx.seed)
+    outcome = stats.judge(est, by, ">=")
+    profile = {role: np.round(np.mean([layer_profile(e.mean(0)) for e in arrs], axis=0), 4).tolist()
+               for role, arrs in ((model, a), (than, b))}
+    centroids = {role: [round(layer_centroid(e.mean(0)), 3) for e in arrs] for role, arrs in ((model, a), (than, b))}
+    details: dict[str, Any] = {"metric": metric, "layer_profile": profile, "centroids": centroids,
+                               "critical_heads": {model: _critical(a, critical), than: _critical(b, critical)},
+                               "critical_threshold": critical}
+    note = ""
+    if expected_heads:
+        heads = _validate_heads(ctx, model, expected_heads)
+        found = {f"L{layer}H{head}": f"L{layer}H{head}" in details["critical_heads"][model] for layer, head in heads}
+        details["expected_heads"] = found
+        note = f"; expected heads critical: {sum(found.values())}/{len(found)} (informational)"
+    middle = (La - 1) / 2
+    msg = (f"layer centroid of '{model}' minus '{than}' ({metric} drops) = {est} layers (needs >= {by:g}); "
+           f"centroids {np.mean(centroids[model]):.2f} vs {np.mean(centroids[than]):.2f}, middle layer "
+           f"{middle:g}{note}")
+    return CheckResult("layer_centroid_higher", {}, outcome, msg, est, by, ">=",
+                       {"label": "no difference", "estimate": 0.0}, details)

@@ -1,7 +1,8 @@
 """Resolve model fixtures: recipe graph -> cache key -> cached, trained or loaded model.
 
 Recipes (registered in `RECIPES`):
-  scratch   random GPT-2-architecture weights, trained on a task (answer loss by default)
+  scratch   random GPT-2-architecture weights (or a parent fixture's config with fresh random weights,
+            `from`), trained on a task (answer loss by default)
   pretrain  random weights, next-token loss on every position of a (corpus) task
   finetune  a parent fixture's weights, trained further on a task
   load      a local Hugging Face directory (safetensors) or a hub id; never trained, never cached
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from mechcheck.cache import ModelCache, cache_key
+from mechcheck.paths import is_pkg_path
 from mechcheck.registry import RECIPES, TASKS
 from mechcheck.tasks import Task
 
-__all__ = ["BuildContext", "Built", "build_model", "make_task", "is_trained"]
+__all__ = ["BuildContext", "Built", "build_model", "make_task", "is_trained", "replicates"]
 
 
 @dataclass
@@ -67,8 +69,12 @@ def make_task(spec) -> Task:
 
 def _task_payload(spec) -> dict[str, Any]:
     entry = TASKS.get(spec.generator)
-    return {"generator": spec.generator, "args": entry.with_defaults(dict(spec.args)),
-            "version": entry.meta.get("version", "0")}
+    args = entry.with_defaults(dict(spec.args))
+    # Arguments added after models were cached leave the key alone at the value that reproduces the old data.
+    for k, v in entry.meta.get("keyless_defaults", {}).items():
+        if k in args and args[k] == v:
+            del args[k]
+    return {"generator": spec.generator, "args": args, "version": entry.meta.get("version", "0")}
 
 
 def is_trained(spec) -> bool:
@@ -79,8 +85,15 @@ def is_trained(spec) -> bool:
     return spec.recipe != "load"
 
 
+def replicates(spec, seeds: int) -> int:
+    """How many distinct replicates `seeds` seeds give of `spec`: one for a loaded or fixed-seed fixture."""
+    return seeds if is_trained(spec) and getattr(spec, "seed", None) is None else 1
+
+
 def build_model(spec, seed: int, ctx: BuildContext) -> Built:
-    """Build (or fetch from the cache) replicate `seed` of model fixture `spec`."""
+    """Build (or fetch from the cache) replicate `seed` of model fixture `spec` (its own `seed`, if fixed)."""
+    if getattr(spec, "seed", None) is not None:
+        seed = spec.seed
     return RECIPES.get(spec.recipe).func(spec, seed, ctx)
 
 
@@ -90,7 +103,12 @@ def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any]
 
     # Where and how a model was trained changes its bits (CUDA vs CPU kernels; how many threads split each
     # reduction), so it is part of the key: one key, one set of weights.
-    payload = {**payload, "trained_on": {"device": ctx.device.split(":")[0], "threads": ctx.train_threads}}
+    from mechcheck.train import VERSION as TRAIN_VERSION
+
+    payload = {**payload, "trained_on": {"device": ctx.device.split(":")[0], "threads": ctx.train_threads},
+               "train_code": TRAIN_VERSION}
+    if spec.train.loss == "answer":  # the output head at the answer position only: gradients round differently
+        payload["trained_on"]["head"] = "answer-only"
     key = cache_key(payload)
     if key in ctx.memo:
         return ctx.memo[key]
@@ -125,8 +143,13 @@ def _random_init(spec, seed: int):
 
         task = make_task(spec.task)
         torch.manual_seed(seed)
+        arch = dict(spec.architecture or {})
+        vocab = arch.pop("vocab_size", None) or task.vocab_size
+        if vocab < task.vocab_size:
+            raise ValueError(f"fixture {spec.name!r}: architecture.vocab_size {vocab} is smaller than the "
+                             f"{task.vocab_size} token ids of task {spec.task.name!r}")
         # +2 positions: the answer token appended for next-token training, and one spare.
-        return build_gpt2(spec.architecture or {}, task.vocab_size, task.seq_len + 2)
+        return build_gpt2(arch, vocab, task.seq_len + 2)
 
     return init
 
@@ -136,9 +159,45 @@ def _scratch_payload(spec, seed: int) -> dict[str, Any]:
             "train": dataclasses.asdict(spec.train), "seed": seed}
 
 
-@RECIPES.register("scratch", doc="train a GPT-2-architecture model from random weights on a task")
+@RECIPES.register("scratch", doc="train from random weights (a GPT-2 shape, or a parent fixture's config) on a task")
 def build_scratch(spec, seed: int, ctx: BuildContext) -> Built:
+    if spec.parent is not None:
+        return _build_twin(spec, seed, ctx)
     return _train_and_cache(spec, seed, ctx, _scratch_payload(spec, seed), _random_init(spec, seed))
+
+
+def _build_twin(spec, seed: int, ctx: BuildContext) -> Built:
+    """`scratch` with `from`: the parent's config (any architecture) with fresh random weights, then trained.
+
+    The parent is built as replicate 0 (every replicate has the same config; for a `load` parent it is
+    the one replicate); its key is part of this fixture's key, so a different parent config rebuilds.
+    """
+    parent = build_model(spec.parent, 0, ctx)
+    task = make_task(spec.task)
+    _check_vocab(spec, task, parent.model.config.vocab_size)
+    payload = {"recipe": "scratch", "from": parent.key, "task": _task_payload(spec.task),
+               "train": dataclasses.asdict(spec.train), "seed": seed}
+
+    def init():
+        import copy
+
+        import torch
+
+        config = copy.deepcopy(parent.model.config)
+        config._attn_implementation = "eager"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return type(parent.model)(config)
+
+    built = _train_and_cache(spec, seed, ctx, payload, init)
+    built.info.setdefault("config_from", spec.parent.name)
+    return built
+
+
+def _check_vocab(spec, task: Task, vocab: int) -> None:
+    if task.vocab_size > vocab:
+        raise ValueError(f"fixture {spec.name!r}: task {spec.task.name!r} needs {task.vocab_size} tokens but parent "
+                         f"{spec.parent.name!r} has a vocabulary of {vocab}")
 
 
 @RECIPES.register("pretrain", doc="train from random weights with next-token loss on every position of a task")
@@ -150,10 +209,7 @@ def build_pretrain(spec, seed: int, ctx: BuildContext) -> Built:
 def build_finetune(spec, seed: int, ctx: BuildContext) -> Built:
     parent = build_model(spec.parent, seed, ctx)
     task = make_task(spec.task)
-    vocab = parent.model.config.vocab_size
-    if task.vocab_size > vocab:
-        raise ValueError(f"fixture {spec.name!r}: task {spec.task.name!r} needs {task.vocab_size} tokens but parent "
-                         f"{spec.parent.name!r} has a vocabulary of {vocab}")
+    _check_vocab(spec, task, parent.model.config.vocab_size)
     payload = {"recipe": "finetune", "parent": parent.key, "task": _task_payload(spec.task),
                "train": dataclasses.asdict(spec.train), "seed": seed}
 
@@ -178,15 +234,30 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
+def _local_path(path: str) -> Path:
+    """A fixture's `path` as a directory: package paths resolved (missing package: skipped), others as is."""
+    from mechcheck.models import CheckpointError
+    from mechcheck.paths import PackagePathError, resolve_pkg_path
+
+    if not is_pkg_path(path):
+        return Path(path)
+    try:
+        return resolve_pkg_path(path)
+    except PackagePathError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
 @RECIPES.register("load", doc="load a local Hugging Face directory (safetensors only) or a hub id")
 def build_load(spec, seed: int, ctx: BuildContext) -> Built:
     from mechcheck.models import check_checkpoint_dir, load_checkpoint, resolve_local_or_hub
 
     if spec.path:
-        path = Path(spec.path)
+        path = _local_path(spec.path)
         check_checkpoint_dir(path)
         where, local = str(path), True
-        payload = {"recipe": "load", "path": str(path), "fingerprint": _fingerprint(path)}
+        # spec.path as written for a package path (pkg:...): the key must not depend on where it is installed
+        payload = {"recipe": "load", "path": spec.path if is_pkg_path(spec.path) else str(path),
+                   "fingerprint": _fingerprint(path)}
     else:
         where, local = resolve_local_or_hub(spec.hub)
         payload = {"recipe": "load", "hub": spec.hub, "revision": spec.revision}

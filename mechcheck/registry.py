@@ -115,7 +115,10 @@ RECIPES = Registry("recipe")
 _BUILTIN_MODULES = (
     "mechcheck.tasks.cdm",
     "mechcheck.tasks.toy",
+    "mechcheck.tasks.corpus",
     "mechcheck.experiments.head_ablation",
+    "mechcheck.experiments.evaluate",
+    "mechcheck.experiments.decoding",
     "mechcheck.experiments.sample_efficiency",
     "mechcheck.checks",
     "mechcheck.fixtures",

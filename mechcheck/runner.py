@@ -146,16 +146,15 @@ class Runner:
     # ------------------------------------------------------------------------------------------ phases
 
     def _build(self, claim, seeds: int, result: ClaimResult):
-        from mechcheck.fixtures import build_model, is_trained
+        from mechcheck.fixtures import build_model, replicates
         from mechcheck.models import CheckpointError, wrap
 
         handles: dict[str, list[Any]] = {}
         for role, spec in claim.models.items():
-            # An untrained (loaded) model is the same for every seed: one replicate, not n copies of it,
-            # so that the CI does not pretend to have seen seed-to-seed variation.
-            replicates = seeds if is_trained(spec) else 1
+            # An untrained (loaded) or fixed-seed model is the same for every seed: one replicate, not n copies
+            # of it, so that the CI does not pretend to have seen seed-to-seed variation.
             handles[role] = []
-            for seed in range(replicates):
+            for seed in range(replicates(spec, seeds)):
                 try:
                     built = build_model(spec, seed, self._ctx)
                 except CheckpointError as exc:
@@ -164,7 +163,7 @@ class Runner:
                                     field_path=where.source_field or f"models.{role}") from exc
                 handle = wrap(built.model, self.device)
                 handles[role].append(handle)
-                result.models.append(ModelRun(role, spec.name, seed, built.key, built.recipe, built.cached,
+                result.models.append(ModelRun(role, spec.name, seed if spec.seed is None else spec.seed, built.key, built.recipe, built.cached,
                                               handle.n_layers, handle.n_heads, _brief(built.info)))
         return handles
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from mechcheck.errors import SpecError, SpecErrors, nearest
+from mechcheck.paths import is_pkg_path, pkg_path_problem
 from mechcheck.registry import CHECKS, EXPERIMENTS, RECIPES, TASKS, Param, Registry
 
 __all__ = [
@@ -70,6 +71,9 @@ class ModelSpec:
     #: where `path` / `hub` is written (file `file`), for errors only a model can reveal (missing checkpoint)
     source_line: int | None = None
     source_field: str = ""
+    #: a fixed training seed: one replicate shared by every seed of a claim (like a published checkpoint
+    #: that several fine-tuning seeds start from); None = replicate i is trained with seed i
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ _EXP_FLOAT_RE = re.compile(r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
 _CLAIM_KEYS = ("id", "statement", "source", "tags", "models", "data", "seeds", "experiment", "expect", "profiles")
 _CLAIM_OVERLAY = ("models", "data", "seeds", "experiment", "expect")
 _MODEL_KEYS = ("name", "description", "recipe", "architecture", "task", "train", "from", "path", "hub", "revision",
-               "profiles")
+               "seed", "profiles")
 _MODEL_OVERLAY = tuple(k for k in _MODEL_KEYS if k not in ("name", "recipe", "profiles"))
 _TASK_KEYS = ("name", "description", "generator", "args", "profiles")
 _TASK_OVERLAY = ("args", "description")
@@ -140,6 +144,8 @@ _ARCH = (
     Param("n_positions", "int", min=1), Param("n_inner", "int", min=1), Param("activation_function", "str"),
     *(Param(k, "float", min=0.0, max=1.0) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")),
     Param("layer_norm_epsilon", "float", min=0.0), Param("tie_word_embeddings", "bool"),
+    # a larger embedding than the task needs, e.g. to give a scratch model the vocabulary of its pretrained twin
+    Param("vocab_size", "int", min=1),
 )
 _TRAIN = (
     Param("steps", "int", required=True, min=1), Param("batch_size", "int", default=64, min=1),
@@ -152,11 +158,13 @@ _TRAIN = (
 _TRAINED = ("scratch", "pretrain", "finetune")
 # field -> (recipes that require it, recipes that allow it); plugin recipes are left unconstrained
 _RECIPE_RULES = {
-    "architecture": (("scratch", "pretrain"), ("scratch", "pretrain")),
+    # scratch: exactly one of `architecture` / `from` (a parent whose config is copied; checked below)
+    "architecture": (("pretrain",), ("scratch", "pretrain")),
     "task": (_TRAINED, (*_TRAINED, "load")),
     "train": (_TRAINED, _TRAINED),
-    "from": (("finetune",), ("finetune",)),
+    "from": (("finetune",), ("finetune", "scratch")),
     "path": ((), ("load",)), "hub": ((), ("load",)), "revision": ((), ("load",)),
+    "seed": ((), _TRAINED),
 }
 
 
@@ -617,6 +625,10 @@ class _Loader:
                       f"'{key}' is not allowed for recipe '{recipe}' (only for {', '.join(allowed_for)})")
             elif key not in m and recipe in needed_by:
                 f.err(m.line, _p(prefix, key), f"missing required field '{key}' for recipe '{recipe}'")
+        if recipe == "scratch" and ("architecture" in m) == ("from" in m):
+            f.err(m.key_line("from") if "from" in m else m.line, _p(prefix, "from" if "from" in m else "architecture"),
+                  "recipe 'scratch' needs exactly one of 'architecture' (a GPT-2 shape) or 'from' (a model fixture "
+                  "whose config is copied with fresh random weights)" + (", not both" if "from" in m else ""))
         if recipe == "load" and ("path" in m) == ("hub" in m):
             f.err(m.key_line("hub"), _p(prefix, "hub" if "hub" in m else "path"), "recipe 'load' needs exactly one "
                   "of 'path' (a local directory) or 'hub' (a hub id)" + (", not both" if "hub" in m else ""))
@@ -638,18 +650,23 @@ class _Loader:
         task = parent = None
         if "task" in m:
             task = self.ref("tasks", m["task"], f, m.val_line("task"), _p(prefix, "task"), f"{label}.task", fx)
-        if "from" in m and recipe == "finetune":
+        if "from" in m and recipe in ("finetune", "scratch"):
             parent = self.ref("models", m["from"], f, m.val_line("from"), _p(prefix, "from"), f"{label}.from", fx)
         where = {k: _get(m, Param(k, "str"), prefix, f) for k in ("path", "hub", "revision")}
-        if isinstance(where["path"], str):  # relative to the file that says it, not to the working directory
+        if is_pkg_path(where["path"]):  # a file shipped in an installed package: resolved when built
+            if pkg_path_problem(where["path"]):
+                f.err(m.val_line("path"), _p(prefix, "path"), pkg_path_problem(where["path"]))
+        elif isinstance(where["path"], str):  # relative to the file that says it, not to the working directory
             p = Path(where["path"]).expanduser()
             where["path"] = os.path.normpath(p if p.is_absolute() else Path(os.path.abspath(f.file)).parent / p)
+        fixed_seed = _get(m, Param("seed", "int", min=0), prefix, f) if "seed" in m else None
         broken = ("task" in m and task is None) or ("from" in m and parent is None)
         if broken or len(self.errors) > n0:
             return None
         key = "path" if "path" in m else "hub"
         return ModelSpec(name, recipe, f.file, description or "", arch, task, train, parent, **where,
-                         source_line=m.val_line(key) if key in m else None, source_field=_p(prefix, key))
+                         source_line=m.val_line(key) if key in m else None, source_field=_p(prefix, key),
+                         seed=fixed_seed if isinstance(fixed_seed, int) else None)
 
     def claim(self, doc: YMap, f: _F, fx: Path | None) -> ClaimSpec | None:
         """A claim from its file's top-level mapping, with the selected profile applied."""

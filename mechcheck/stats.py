@@ -19,6 +19,7 @@ from mechcheck.results import Estimate
 
 __all__ = [
     "hierarchical_bootstrap",
+    "bootstrap_difference",
     "paired_pvalue",
     "holm",
     "bonferroni_level",
@@ -147,6 +148,41 @@ def hierarchical_bootstrap(
         estimate=estimate, lo=lo, hi=hi, n=min(a.shape[0] for a in arrays), n_seeds=n_seeds,
         level=level, method=method,
     )
+
+
+def bootstrap_difference(
+    per_seed_a: Sequence[np.ndarray],
+    per_seed_b: Sequence[np.ndarray],
+    statistic: Statistic | None = None,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """statistic(a) - statistic(b) for two *independent* groups of replicates (e.g. two training recipes).
+
+    Each bootstrap replicate resamples both groups the way `hierarchical_bootstrap` resamples one (seeds,
+    then examples), independently, and takes the difference, so the CI carries the seed-to-seed and
+    example noise of both sides. The groups may have different numbers of replicates (one pretrained
+    checkpoint vs three fine-tuned seeds). `n` / `n_seeds` of the result are the smaller of the two.
+    """
+    a, b = _validate(per_seed_a), _validate(per_seed_b)
+    stat = statistic or _mean_of_seed_means
+    rng = np.random.default_rng(seed)
+
+    def resample(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        chosen = rng.integers(0, len(arrays), size=len(arrays))
+        return [arrays[s][rng.integers(0, arrays[s].shape[0], size=arrays[s].shape[0])] for s in chosen]
+
+    estimate = _scalar(stat(a)) - _scalar(stat(b))
+    reps = np.array([_scalar(stat(resample(a))) - _scalar(stat(resample(b))) for _ in range(n_boot)])
+    alpha = 1.0 - level
+    if np.isnan(reps).any():
+        lo = hi = math.nan
+    else:
+        lo, hi = (float(q) for q in np.quantile(reps, [alpha / 2, 1 - alpha / 2]))
+    return Estimate(estimate=estimate, lo=lo, hi=hi, n=min(x.shape[0] for x in (*a, *b)),
+                    n_seeds=min(len(a), len(b)), level=level,
+                    method=f"difference of independent hierarchical bootstraps ({len(a)} vs {len(b)} replicates)")
 
 
 def paired_pvalue(diffs: np.ndarray | Sequence[float], alternative: str = "greater") -> float:

@@ -26,7 +26,11 @@ import numpy as np
 
 from mechcheck.tasks import Task, TaskBatch
 
-__all__ = ["lm_inputs", "train"]
+__all__ = ["lm_inputs", "lm_loss", "train", "VERSION"]
+
+#: Bump whenever the same recipe and seed would train different weights (it is part of every cache key).
+#: 2: the `lm` loss no longer shifts the labels twice (version 1 trained pretrain fixtures two tokens ahead).
+VERSION = "2"
 
 
 def lm_inputs(batch: TaskBatch) -> tuple[np.ndarray, np.ndarray]:
@@ -41,6 +45,19 @@ def lm_inputs(batch: TaskBatch) -> tuple[np.ndarray, np.ndarray]:
     return tokens, labels
 
 
+def lm_loss(model, tokens, labels):
+    """Mean next-token cross-entropy: logits at position p against labels[p] (already shifted by `lm_inputs`).
+
+    Not `model(tokens, labels=labels)`: Hugging Face causal LMs shift the labels themselves, so passing the
+    shifted labels there would train the model to predict the token *two* ahead.
+    """
+    import torch
+
+    logits = model(tokens).logits
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                             ignore_index=-100)
+
+
 def _lr_at(step: int, steps: int, warmup: int) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
@@ -52,10 +69,12 @@ def _accuracy(model, batch: TaskBatch, device: str) -> float:
     import torch
 
     from mechcheck.metrics import answer_metrics
+    from mechcheck.models import answer_logits
 
     with torch.no_grad():
-        logits = model(torch.as_tensor(batch.tokens, device=device)).logits
-        metrics = answer_metrics(logits, torch.as_tensor(batch.answer_pos, device=device),
+        answer = answer_logits(model, torch.as_tensor(batch.tokens, device=device),
+                               torch.as_tensor(batch.answer_pos, device=device))  # (B, V)
+        metrics = answer_metrics(answer[:, None, :], torch.zeros(len(batch), dtype=torch.long, device=device),
                                  torch.as_tensor(batch.candidates, device=device),
                                  torch.as_tensor(batch.target, device=device))
     return float(metrics["accuracy"].mean())
@@ -83,7 +102,7 @@ def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, con
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mechcheck.models import pin_mkl_threads
+    from mechcheck.models import answer_logits, pin_mkl_threads
 
     pin_mkl_threads()
     torch.manual_seed(seed)
@@ -110,12 +129,11 @@ def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, con
                 batch = task.sample(spec.batch_size, "train", int(rng.integers(0, 2**31 - 1)))
             if spec.loss == "lm":
                 tokens, labels = lm_inputs(batch)
-                out = model(torch.as_tensor(tokens, device=device), labels=torch.as_tensor(labels, device=device))
-                loss = out.loss
+                loss = lm_loss(model, torch.as_tensor(tokens, device=device), torch.as_tensor(labels, device=device))
             else:
-                logits = model(torch.as_tensor(batch.tokens, device=device)).logits
-                rows = torch.arange(len(batch), device=device)
-                answer = logits[rows, torch.as_tensor(batch.answer_pos, device=device)]
+                # the output head at the answer position only (the rest of the logits would be thrown away)
+                answer = answer_logits(model, torch.as_tensor(batch.tokens, device=device),
+                                       torch.as_tensor(batch.answer_pos, device=device))  # (B, V)
                 loss = torch.nn.functional.cross_entropy(answer, torch.as_tensor(batch.answer_ids, device=device))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -436,3 +436,52 @@ def test_answer_ids():
                   target=np.array([1, 0, 1]), candidates=[40, 41], groups={})
     np.testing.assert_array_equal(b.answer_ids, [41, 40, 41])
     assert len(b) == 3
+
+
+def test_lm_loss_is_next_token_cross_entropy():
+    """The pretraining loss scores position p's logits against token p+1 (no double shift)."""
+    import torch
+
+    from mechcheck.models import build_gpt2
+    from mechcheck.tasks.corpus import make_corpus
+    from mechcheck.train import lm_inputs, lm_loss
+
+    task = make_corpus(seq_len=16)
+    batch = task.sample(4, "train", 0)
+    tokens, labels = lm_inputs(batch)
+    torch.manual_seed(0)
+    model = build_gpt2({"n_layer": 1, "n_head": 2, "n_embd": 16}, task.vocab_size, 20)
+    t, y = torch.as_tensor(tokens), torch.as_tensor(labels)
+    logp = torch.log_softmax(model(t).logits, -1)
+    want = []
+    for i in range(len(batch)):
+        last = int(batch.answer_pos[i]) + 1  # the answer sits right after the prompt
+        want += [-logp[i, p, tokens[i, p + 1]] for p in range(last)]
+    assert torch.allclose(lm_loss(model, t, y), torch.stack(want).mean(), atol=1e-5)
+
+
+def test_corpus_shares_cdm_ids_and_answers_are_determined():
+    """The corpus extends the cdm word vocabulary (same ids), and every query's answer follows from its prompt."""
+    from mechcheck.tasks.cdm import make_cdm
+    from mechcheck.tasks.corpus import make_corpus
+
+    corpus, cdm = make_corpus(), make_cdm()
+    assert corpus.vocab.words[: len(cdm.vocab.words)] == cdm.vocab.words
+    b = corpus.sample(300, "train", 1)
+    words = corpus.vocab.words
+    for i in range(len(b)):
+        prompt = [words[t] for t in b.tokens[i, : b.answer_pos[i] + 1]]
+        answer = words[b.candidates[b.target[i]]]
+        query = prompt[len(prompt) - 1 - prompt[::-1].index(".") + 1:] if "." in prompt else prompt
+        if query[0] == "left":
+            assert answer == ("left" if int(query[1]) > int(query[3]) else "right")
+        elif query[0] == "max":
+            assert answer == str(max(int(query[1]), int(query[2])))
+        elif query[1] == "less":
+            assert answer == ("yes" if int(query[0]) < int(query[2]) else "no")
+        elif query[0] == "copy":
+            items = query[1:query.index("then")]
+            assert answer == items[len(query) - query.index("then") - 1]
+        else:
+            assert query[4] == "recall" and answer == query[query.index(query[5]) + 1]
+        assert not b.groups["numbers"][i, b.answer_pos[i] + 1:].any()  # padding after the prompt

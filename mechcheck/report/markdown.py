@@ -295,7 +295,57 @@ def _head_ablation_figures(claim: ClaimResult, fig_dir: Path) -> list[Path]:
             path = fig_dir / f"{base}__{suffix}.png"
             _save(fig, path)
             written.append(path)
+    if sum(isinstance(d, Mapping) for d in models.values()) >= 2:
+        try:
+            fig = _draw_comparison(models, args)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            warnings.warn(f"{claim.id}: no comparison figure: {exc}", stacklevel=2)
+            fig = None
+        if fig is not None:
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            path = fig_dir / f"{safe_name(claim.id)}__compare.png"
+            _save(fig, path)
+            written.append(path)
     return written
+
+
+def _draw_comparison(models: Mapping[str, Any], args: Mapping[str, Any]) -> Figure | None:
+    """Roles side by side: mean-over-seeds head effects on one colour scale, then each role's layer profile.
+
+    The layer profile is the share of the summed positive head effects that falls in each layer (what the
+    `layer_centroid_higher` check weighs), with its centroid marked, so models of different sizes of
+    effect compare on one axis.
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    roles = [r for r, d in models.items() if isinstance(d, Mapping)]
+    means = {r: np.nanmean(np.stack(_matrices(models[r]["head_effect"])), axis=0) for r in roles}
+    vmax = max(float(np.nanmax(np.abs(m))) for m in means.values()) or 1.0
+    metric = str(args.get("metric", "accuracy"))
+    fig = Figure(figsize=(3.2 * len(roles) + 3.6, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(roles) + 1, squeeze=False)[0]
+    fmt = _value_format(vmax)
+    im = None
+    for ax, role in zip(axes, roles):
+        im = _heatmap(ax, means[role], "RdBu_r", -vmax, vmax, fmt, lambda v: abs(v) > 0.6 * vmax)
+        ax.set_title(f"{role}: {metric} drop (mean of seeds)", fontsize=9)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[: len(roles)]), shrink=0.8)
+    ax = axes[-1]
+    for role in roles:
+        lp = np.clip(means[role], 0, None).sum(axis=1)
+        share = lp / lp.sum() if lp.sum() > 0 else lp
+        layers = np.arange(len(lp))
+        line = ax.plot(layers, share, marker="o", label=role)[0]
+        if lp.sum() > 0:
+            ax.axvline(float((layers * share).sum()), color=line.get_color(), linestyle="--", linewidth=1)
+    ax.set_xlabel("layer", fontsize=9)
+    ax.set_ylabel("share of summed positive effect", fontsize=9)
+    ax.set_title("layer profile (dashed: centroid)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.tick_params(labelsize=8)
+    return fig
 
 
 _FIGURE_DRAWERS: dict[str, Callable[[ClaimResult, Path], list[Path]]] = {
@@ -304,7 +354,7 @@ _FIGURE_DRAWERS: dict[str, Callable[[ClaimResult, Path], list[Path]]] = {
 
 
 #: modules under mechcheck/report/ that register drawers for other experiments with `figure_drawer`
-_FIGURE_MODULES: tuple[str, ...] = ("mechcheck.report.efficiency_figures",)
+_FIGURE_MODULES: tuple[str, ...] = ("mechcheck.report.efficiency_figures", "mechcheck.report.decoding_figures")
 
 
 def _load_figure_modules() -> None:

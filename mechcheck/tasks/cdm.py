@@ -12,6 +12,9 @@ Word-level prompt (13 tokens, answer read at "choice"):
 Text prompt (real tokenizer; answer is the next token after "Choice:"):
     "Context: motion. Motion: left 3, right 7. Color: left 8, right 2. Choice:"   ->  " right"
 
+Masked readout (`readout: mask`, for a masked LM such as BERT): the same text ending in "Choice: [MASK]"
+with the tokenizer's special tokens ("[CLS] ... [MASK] [SEP]"); the answer is read at the mask.
+
 The train and eval splits are disjoint: every distinct trial (context, four numbers) is assigned to one
 split by a stable hash, so no eval prompt is ever seen in training, for any seed.
 """
@@ -24,10 +27,11 @@ from functools import lru_cache
 import numpy as np
 
 from mechcheck.errors import ClaimSkipped
+from mechcheck.paths import is_pkg_path, resolve_pkg_path
 from mechcheck.registry import TASKS, Param
 from mechcheck.tasks import Task, TaskBatch, WordVocab
 
-__all__ = ["make_cdm", "VERSION"]
+__all__ = ["make_cdm", "VERSION", "word_vocabulary"]
 
 #: Bump whenever the generated data changes for the same arguments and seed (it is part of cache keys).
 VERSION = "1"
@@ -87,9 +91,14 @@ def _draw(parts: dict[str, np.ndarray], n: int, split: str, seed: int) -> np.nda
     return pool[rng.integers(0, len(pool), size=n)]
 
 
+def word_vocabulary(max_number: int) -> WordVocab:
+    """The word-level vocabulary (other tasks extend it, keeping these ids, so models can move between them)."""
+    return WordVocab(["context", "motion", "color", "left", "right", "choice", *[str(i) for i in range(max_number + 1)]])
+
+
 def _word_task(max_number: int, min_gap: int, eval_fraction: float) -> Task:
     numbers = [str(i) for i in range(max_number + 1)]
-    vocab = WordVocab(["context", "motion", "color", "left", "right", "choice", *numbers])
+    vocab = word_vocabulary(max_number)
     num_ids = np.array(vocab.encode(numbers))
     parts = _partition(max_number, min_gap, eval_fraction)
     template = np.array([vocab.ids.get(w, 0) for w in _WORD_LAYOUT], dtype=np.int64)
@@ -127,7 +136,10 @@ def _load_tokenizer(name: str):  # -> transformers.PreTrainedTokenizerFast
 
     from transformers import AutoTokenizer
 
-    where, local = resolve_local_or_hub(name)
+    if is_pkg_path(name):  # files shipped in an installed package (missing package: skipped)
+        where, local = str(resolve_pkg_path(name)), True
+    else:
+        where, local = resolve_local_or_hub(name)
     try:
         tok = AutoTokenizer.from_pretrained(where, local_files_only=local or None)
     except OSError as exc:
@@ -139,13 +151,17 @@ def _load_tokenizer(name: str):  # -> transformers.PreTrainedTokenizerFast
     return tok
 
 
-def _text_task(tokenizer: str, max_number: int, min_gap: int, eval_fraction: float) -> Task:
+def _text_task(tokenizer: str, max_number: int, min_gap: int, eval_fraction: float, readout: str = "next") -> Task:
     tok = _load_tokenizer(tokenizer)
     parts = _partition(max_number, min_gap, eval_fraction)
-    # Answer options: the single token that follows "Choice:" (" left" in GPT-2's BPE, "left" in WordPiece).
+    mask = readout == "mask"
+    if mask and tok.mask_token is None:
+        raise ValueError(f"cdm: readout 'mask' needs a tokenizer with a mask token; {tokenizer!r} has none")
+    # Answer options: the single token that follows "Choice:" (" left" in GPT-2's BPE, "left" in WordPiece),
+    # or that fills the mask ("left").
     candidates = []
     for side in SIDES:
-        ids = tok(" " + side, add_special_tokens=False)["input_ids"]
+        ids = tok(side if mask else " " + side, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise ValueError(f"cdm: answer {side!r} is not a single token for tokenizer {tokenizer!r}: {ids}")
         candidates.append(ids[0])
@@ -165,6 +181,8 @@ def _text_task(tokenizer: str, max_number: int, min_gap: int, eval_fraction: flo
             text += f"{y}. "
         text += "Choice:"
         spans["answer"].append((len(text) - 1, len(text)))
+        if mask:
+            text += " " + tok.mask_token
         spans["numbers"] = spans["motion_numbers"] + spans["color_numbers"]
         return text, spans
 
@@ -172,28 +190,51 @@ def _text_task(tokenizer: str, max_number: int, min_gap: int, eval_fraction: flo
         rows = _draw(parts, n, split, seed)
         labels = _trials(rows)
         rendered = [render(r) for r in rows]
-        enc = tok([t for t, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
+        enc = tok([t for t, _ in rendered], add_special_tokens=mask, return_offsets_mapping=True)
         T = max(len(ids) for ids in enc["input_ids"])
+        if mask and any(len(ids) != T for ids in enc["input_ids"]):  # bidirectional: padding would be read
+            raise ValueError(f"cdm: prompts of different lengths with tokenizer {tokenizer!r} (readout 'mask')")
         tokens = np.full((n, T), pad_id, dtype=np.int64)
         groups = {g: np.zeros((n, T), dtype=bool) for g in TOKEN_GROUPS}
         answer_pos = np.zeros(n, dtype=np.int64)
         for i, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
             tokens[i, : len(ids)] = ids
-            answer_pos[i] = len(ids) - 1
+            answer_pos[i] = ids.index(tok.mask_token_id) if mask else len(ids) - 1
             for g, spans in rendered[i][1].items():
                 for s, e in spans:
                     for t, (ts, te) in enumerate(offsets):
-                        if ts < e and te > s:  # token overlaps the span
+                        if ts < e and te > s and te > ts:  # token overlaps the span (special tokens: empty)
                             groups[g][i, t] = True
         groups["answer"][:] = False
         groups["answer"][np.arange(n), answer_pos] = True
         return TaskBatch(tokens, answer_pos, labels["choice"], candidates, groups, labels,
                          texts=[t for t, _ in rendered], pad_id=pad_id)
 
+    if mask:
+        _check_equal_lengths(tok, render, max_number, tokenizer)
     probe = sample(1, "eval", 0)
     example, _ = render(np.array([0, 3, 7, 8, 2]))
     return Task("cdm", VERSION, len(tok), int(probe.tokens.shape[1]) + 4, sample, TOKEN_GROUPS,
-                example + "  ->  ' right'", tok)
+                example + ("  ->  'right'" if mask else "  ->  ' right'"), tok)
+
+
+def _check_equal_lengths(tok, render, max_number: int, tokenizer: str) -> None:
+    """Raise ValueError unless every prompt has the same number of tokens.
+
+    A bidirectional model reads right padding (no attention mask is passed), so masked readout needs
+    equal lengths. Each slot (context, each number) is varied over all its values with the others fixed.
+    """
+    rows = [np.array([c, 0, 0, 0, 0]) for c in range(len(CONTEXTS))]
+    for slot in range(1, 5):
+        for v in range(max_number + 1):
+            r = np.zeros(5, dtype=np.int64)
+            r[slot] = v
+            rows.append(r)
+    lengths = {len(ids) for ids in tok([render(r)[0] for r in rows])["input_ids"]}
+    if len(lengths) > 1:
+        raise ValueError(f"cdm: with tokenizer {tokenizer!r} prompts have different lengths ({sorted(lengths)} "
+                         f"tokens; e.g. a number 0..{max_number} is more than one token), so readout 'mask' would "
+                         "read padding; lower max_number")
 
 
 @TASKS.register(
@@ -205,19 +246,25 @@ def _text_task(tokenizer: str, max_number: int, min_gap: int, eval_fraction: flo
         Param("max_number", "int", default=9, min=1, max=20, doc="numbers are integers 0..max_number"),
         Param("min_gap", "int", default=1, min=1, doc="smallest |left - right| within a modality (harder when small)"),
         Param("eval_fraction", "float", default=0.2, min=0.01, max=0.99, doc="share of distinct trials held out for eval"),
+        Param("readout", "choice", default="next", choices=("next", "mask"),
+              doc="vocab tokenizer: answer as the next token after 'Choice:' (causal LM), or at a final mask "
+                  "token with special tokens added (masked LM, e.g. BERT)"),
     ),
     version=VERSION,
+    keyless_defaults={"readout": "next"},  # added later: cache keys of existing tasks stay as they were
     token_groups=TOKEN_GROUPS,
 )
 def make_cdm(vocab: str = "words", tokenizer: str | None = None, max_number: int = 9, min_gap: int = 1,
-             eval_fraction: float = 0.2) -> Task:
+             eval_fraction: float = 0.2, readout: str = "next") -> Task:
     """Context-dependent decision making: answer with the larger side of the cued modality (Lin 2024)."""
     if min_gap < 1:
         raise ValueError(f"cdm: min_gap={min_gap} must be at least 1 (equal numbers would make the answer a tie)")
     if min_gap > max_number:
         raise ValueError(f"cdm: min_gap={min_gap} leaves no pairs with max_number={max_number}")
     if vocab == "words":
+        if readout != "next":
+            raise ValueError(f"cdm: readout {readout!r} needs vocab 'tokenizer' (a mask token of a real tokenizer)")
         return _word_task(max_number, min_gap, eval_fraction)
     if not tokenizer:
         raise ValueError("cdm: vocab 'tokenizer' needs a 'tokenizer' argument (directory or hub id)")
-    return _text_task(tokenizer, max_number, min_gap, eval_fraction)
+    return _text_task(tokenizer, max_number, min_gap, eval_fraction, readout)
