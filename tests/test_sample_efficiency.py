@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from mechcheck.checks import CheckContext, run_check
-from mechcheck.experiments.sample_efficiency import SampleEfficiencyResult, auc_log2, n_at_target
+from mechcheck.experiments.sample_efficiency import (
+    SampleEfficiencyResult,
+    auc_log2,
+    n_at_target,
+)
 from mechcheck.spec import load_claims
 
 GRID = np.array([32, 64, 128, 256, 512, 1024, 2048])
@@ -46,7 +50,7 @@ def _per_example(curve: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
     """(G, n) 0/1 accuracies whose means are exactly `curve` (rounded to 1/n), in random order."""
     out = np.zeros((len(curve), n), dtype=np.float32)
     for k, a in enumerate(curve):
-        out[k, rng.permutation(n)[: int(round(a * n))]] = 1.0
+        out[k, rng.permutation(n)[: round(float(a) * n)]] = 1.0
     return out
 
 
@@ -164,9 +168,10 @@ CLAIM = """
 
 @pytest.mark.slow
 def test_runner_trains_caches_and_survives_a_killed_run(tmp_path, monkeypatch):
-    import mechcheck.fixtures as fx
     from conftest import write
-    from mechcheck.runner import RunOptions, Runner
+
+    import mechcheck.fixtures as fx
+    from mechcheck.runner import Runner, RunOptions
 
     write(tmp_path, "fixtures/tasks/cdm9.yaml", "name: cdm9\ngenerator: cdm\nargs: {vocab: words, max_number: 9}\n")
     path = write(tmp_path, "claims/se.yaml", CLAIM.format(grid="[16, 8]"))

@@ -38,7 +38,7 @@ from mechcheck.registry import CHECKS, EXPERIMENTS, Param
 from mechcheck.results import CheckResult
 from mechcheck.tasks import TaskBatch
 
-__all__ = ["sample_efficiency", "SampleEfficiencyResult", "n_at_target", "auc_log2", "ratio_statistic"]
+__all__ = ["SampleEfficiencyResult", "auc_log2", "n_at_target", "ratio_statistic", "sample_efficiency"]
 
 _TRAINED = ("scratch", "pretrain", "finetune")
 
@@ -191,7 +191,13 @@ def sample_efficiency(ctx: ExperimentContext, n_train: list[int], target: float 
                       batch_size: int | None = None, models: list[str] | None = None,
                       eval_batch_size: int = 500) -> SampleEfficiencyResult:
     """Train each role's fixture on N trials for every N of the grid and seed; measure eval accuracy."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from mechcheck.errors import SpecError
     from mechcheck.experiments.head_ablation import forward_metrics
