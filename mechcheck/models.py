@@ -27,6 +27,7 @@ __all__ = [
     "hub_reachable",
     "resolve_local_or_hub",
     "pin_mkl_threads",
+    "answer_logits",
 ]
 
 #: GPT2Config fields a fixture's `architecture` may set (besides `type`).
@@ -105,7 +106,9 @@ def wrap(hf_model, device: str) -> ModelHandle:
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
     cfg = hf_model.config
-    arch = (cfg.architectures or [type(hf_model).__name__])[0]
+    # The module's own class: a checkpoint's config may name another (all-MiniLM says BertModel, loaded as
+    # BertForMaskedLM), and the bridge needs the class that has the output head.
+    arch = type(hf_model).__name__
     if getattr(cfg, "_attn_implementation", None) != "eager":
         cfg._attn_implementation = "eager"  # SDPA kernels do not expose attention patterns
     hf_model.to(device).eval()
@@ -148,12 +151,21 @@ def resolve_local_or_hub(name: str) -> tuple[str, bool]:
 
 
 def _model_class(config):
+    """The class to load `config` as: the one it names, with an LM head added when it names a bare encoder or
+    decoder (e.g. all-MiniLM's `BertModel` -> `BertForMaskedLM`): answers are read from token logits."""
     import transformers
+    from transformers.models.auto import modeling_auto as auto
 
     for arch in config.architectures or []:
         cls = getattr(transformers, arch, None)
-        if cls is not None:
-            return cls
+        if cls is None:
+            continue
+        if arch == auto.MODEL_MAPPING_NAMES.get(config.model_type):  # the bare model, without a head
+            masked = auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES.get(config.model_type)
+            causal = auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+            with_head = causal if causal and (getattr(config, "is_decoder", False) or not masked) else masked
+            return getattr(transformers, with_head) if with_head else cls
+        return cls
     return transformers.AutoModelForCausalLM
 
 
@@ -177,10 +189,47 @@ def load_checkpoint(location: str, local: bool, revision: str | None = None):
 
     if local and Path(location).is_dir():
         check_checkpoint_dir(Path(location))
+    import torch
+    from transformers.utils import logging as hf_logging
+
     config = AutoConfig.from_pretrained(location, revision=revision, local_files_only=local)
     cls = _model_class(config)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report of a head added on purpose (below) is noise
+    hf_logging.disable_progress_bar()
+    # Weights missing from the checkpoint (an added head) are initialised randomly: seeded, so that one
+    # checkpoint always loads as the same model (fine-tuned children's cache keys rely on it).
+    fork = torch.random.fork_rng(devices=[])
     try:
-        return cls.from_pretrained(location, config=config, revision=revision, use_safetensors=True,
-                                   local_files_only=local, attn_implementation="eager")
+        with fork:
+            torch.manual_seed(0)
+            model = cls.from_pretrained(location, config=config, revision=revision, use_safetensors=True,
+                                        local_files_only=local, attn_implementation="eager")
     except OSError as exc:
         raise CheckpointError(f"could not load {location!r} as a {cls.__name__}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.config.architectures = [type(model).__name__]
+    return model
+
+
+#: output head of the models whose head can be applied to chosen positions only: class -> (base, head)
+_HEADS = {"GPT2LMHeadModel": ("transformer", "lm_head"), "BertForMaskedLM": ("bert", "cls")}
+
+
+def answer_logits(model, tokens, answer_pos):
+    """(B, V) logits at each row's `answer_pos` (tokens (B, T)), computing the output head there only.
+
+    The head is most of the compute of a small model with a big vocabulary (MiniLM: 384 -> 30,522 at every
+    position); GPT-2 and BERT masked-LM models apply it to the gathered positions, other models fall back to
+    the full logits. Same values as ``model(tokens).logits[rows, answer_pos]`` up to float rounding.
+    """
+    import torch
+
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    names = _HEADS.get(type(model).__name__)
+    if names is None:
+        return model(tokens).logits[rows, answer_pos]
+    base, head = (getattr(model, n) for n in names)
+    hidden = base(tokens).last_hidden_state  # (B, T, d)
+    return head(hidden[rows, answer_pos])
