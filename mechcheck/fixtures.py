@@ -107,8 +107,6 @@ def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any]
 
     payload = {**payload, "trained_on": {"device": ctx.device.split(":")[0], "threads": ctx.train_threads},
                "train_code": TRAIN_VERSION}
-    if spec.train.loss == "answer":  # the output head at the answer position only: gradients round differently
-        payload["trained_on"]["head"] = "answer-only"
     key = cache_key(payload)
     if key in ctx.memo:
         return ctx.memo[key]

@@ -29,7 +29,8 @@ from mechcheck.tasks import Task, TaskBatch
 __all__ = ["lm_inputs", "lm_loss", "train", "VERSION"]
 
 #: Bump whenever the same recipe and seed would train different weights (it is part of every cache key).
-#: 2: the `lm` loss no longer shifts the labels twice (version 1 trained pretrain fixtures two tokens ahead).
+#: 2: the `lm` loss no longer shifts the labels twice (version 1 trained pretrain fixtures two tokens ahead);
+#:    the `answer` loss applies the output head at the answer position only (same loss, rounds differently).
 VERSION = "2"
 
 

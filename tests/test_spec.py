@@ -157,7 +157,28 @@ BAD_CASES = [
         train: {steps: 1}
         from: gpt2_local
         """, "claims/bad.yaml": claim()}, "ci",
-     ["tiny_cdm.yaml:6: from: 'from' is not allowed for recipe 'scratch' (only for finetune)"]),
+     ["tiny_cdm.yaml:6: from: recipe 'scratch' needs exactly one of 'architecture' (a GPT-2 shape) or 'from'",
+      "not both"]),
+    ("scratch-without-architecture-or-from", {"fixtures/models/tiny_cdm.yaml": """\
+        name: tiny_cdm
+        recipe: scratch
+        task: cdm_words
+        train: {steps: 1}
+        """, "claims/bad.yaml": claim()}, "ci",
+     ["tiny_cdm.yaml:1: architecture: recipe 'scratch' needs exactly one of 'architecture'"]),
+    ("from-on-pretrain", {"fixtures/models/tiny_cdm.yaml": """\
+        name: tiny_cdm
+        recipe: pretrain
+        architecture: {n_layer: 1, n_head: 1, n_embd: 8}
+        task: cdm_words
+        train: {steps: 1}
+        from: gpt2_local
+        """, "claims/bad.yaml": claim()}, "ci",
+     ["tiny_cdm.yaml:6: from: 'from' is not allowed for recipe 'pretrain' (only for finetune, scratch)"]),
+    ("bad-package-path", {"claims/bad.yaml": claim({4: "  base: {recipe: load, path: 'pkg:no-dash/model'}"})}, "ci",
+     ["bad.yaml:4: models.base.path: invalid package path 'pkg:no-dash/model'"]),
+    ("package-path-leaves-package", {"claims/bad.yaml": claim({4: "  base: {recipe: load, path: 'pkg:a/../b'}"})},
+     "ci", ["bad.yaml:4: models.base.path: invalid package path 'pkg:a/../b': the path inside the package"]),
     ("finetune-without-from", {"fixtures/models/ft_cdm.yaml": """\
         name: ft_cdm
         recipe: finetune
@@ -327,6 +348,16 @@ def test_relative_load_path_resolves_against_the_file_that_says_it(tmp_path):
     [c] = load_claims([root / "claims"], profile="local")
     assert c.models["base"].path == str(root / "claims" / "sub" / "weights" / "here")
     assert c.models["base"].revision == "main" and c.models["base"].hub is None
+
+
+def test_package_path_is_kept_as_written_and_scratch_from_copies_a_parent(tmp_path):
+    root = write(tmp_path, {**FIXTURES,
+                            "fixtures/models/pkg.yaml": "name: pkg\nrecipe: load\npath: 'pkg:some_pkg.sub/model'\n",
+                            "fixtures/models/twin.yaml": "name: twin\nrecipe: scratch\nfrom: pkg\ntask: copy\n"
+                                                         "train: {steps: 2}\n"})
+    assert load_model_fixture("pkg", root / "fixtures").path == "pkg:some_pkg.sub/model"  # not made relative
+    twin = load_model_fixture("twin", root / "fixtures")
+    assert twin.recipe == "scratch" and twin.architecture is None and twin.parent.name == "pkg"
 
 
 def test_errors_of_several_files_are_reported_together(tmp_path):

@@ -30,9 +30,15 @@ from mechcheck.experiments import ExperimentContext
 from mechcheck.registry import EXPERIMENTS, Param
 from mechcheck.tasks import TaskBatch
 
-__all__ = ["head_ablation", "HeadAblationResult", "ExperimentContext", "forward_metrics", "Heads"]
+__all__ = ["head_ablation", "HeadAblationResult", "ExperimentContext", "forward_metrics", "hf_attention_patterns",
+           "Heads"]
 
 Heads = tuple[tuple[int, int], ...]
+
+
+#: the unembedding's input: gathering the answer positions there skips the vocabulary projection of every
+#: other position (most of the compute of a small model with a large vocabulary; identical values)
+_ANSWER_ONLY = "unembed.hook_in"
 
 
 def _batches(n: int, size: int):
@@ -75,12 +81,17 @@ def forward_metrics(handle, batch: TaskBatch, heads: Heads = (), method: str = "
     import torch
 
     out: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
+    gather = _ANSWER_ONLY in handle.bridge.hook_dict
     with torch.no_grad():
         for sl in _batches(len(batch), batch_size):
             tokens, answer_pos, candidates, target = _tensors(batch, sl, handle.device)
             hooks = _ablation_hooks(heads, method, positions, mean_z, answer_pos) if heads else []
+            if gather:  # unembed the answer position only: (B, 1, V) logits, read at position 0
+                rows = torch.arange(tokens.shape[0], device=tokens.device)
+                hooks.append((_ANSWER_ONLY, lambda x, hook, rows=rows, pos=answer_pos: x[rows, pos][:, None, :]))
             logits = handle.bridge.run_with_hooks(tokens, fwd_hooks=hooks) if hooks else handle.bridge(tokens)
-            for m, v in answer_metrics(logits, answer_pos, candidates, target).items():
+            read_at = torch.zeros_like(answer_pos) if gather else answer_pos
+            for m, v in answer_metrics(logits, read_at, candidates, target).items():
                 out[m].append(v)
     return {m: np.concatenate(v) for m, v in out.items()}
 
@@ -104,6 +115,7 @@ def _clean_run(handle, batch: TaskBatch, batch_size: int):
 
     L = handle.n_layers
     names = {f"blocks.{layer}.attn.hook_z" for layer in range(L)} | {f"blocks.{layer}.attn.hook_pattern" for layer in range(L)}
+    hooked = all(n in handle.bridge.hook_dict for n in names)  # else: patterns from the HF model
     z_sum = {layer: None for layer in range(L)}
     clean: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
     attention: dict[str, list[np.ndarray]] = {g: [] for g in batch.groups}
@@ -111,6 +123,7 @@ def _clean_run(handle, batch: TaskBatch, batch_size: int):
         for sl in _batches(len(batch), batch_size):
             tokens, answer_pos, candidates, target = _tensors(batch, sl, handle.device)
             logits, cache = handle.bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
+            hf_patterns = None if hooked else hf_attention_patterns(handle, tokens)
             for m, v in answer_metrics(logits, answer_pos, candidates, target).items():
                 clean[m].append(v)
             rows = torch.arange(tokens.shape[0], device=tokens.device)
@@ -118,7 +131,7 @@ def _clean_run(handle, batch: TaskBatch, batch_size: int):
             for layer in range(L):
                 z = cache[f"blocks.{layer}.attn.hook_z"].double().sum(0)  # (T, H, d_head)
                 z_sum[layer] = z if z_sum[layer] is None else z_sum[layer] + z
-                pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # (B, H, Tq, Tk)
+                pattern = cache[f"blocks.{layer}.attn.hook_pattern"] if hooked else hf_patterns[layer]  # (B, H, Tq, Tk)
                 per_layer.append(pattern[rows, :, answer_pos, :])  # (B, H, Tk)
             att = torch.stack(per_layer, dim=1).float()  # (B, L, H, Tk)
             for g, mask in batch.groups.items():
@@ -127,6 +140,18 @@ def _clean_run(handle, batch: TaskBatch, batch_size: int):
     mean_z = {layer: (z_sum[layer] / len(batch)).to(torch.float32) for layer in range(L)}
     return ({m: np.concatenate(v) for m, v in clean.items()}, mean_z,
             {g: np.concatenate(v) for g, v in attention.items()})
+
+
+def hf_attention_patterns(handle, tokens) -> list[Any]:
+    """Per layer (B, H, Tq, Tk) attention patterns from the HF model (`output_attentions`, eager attention),
+    for bridges without ``hook_pattern``."""
+    L = handle.n_layers
+    attentions = handle.hf(tokens, output_attentions=True).attentions
+    # Once the bridge wraps the attention modules, HF's recorder can catch each layer's weights k times in a
+    # row (k = 3 for BERT under transformer-lens 4.3): keep one of each run.
+    if not attentions or len(attentions) % L:
+        raise RuntimeError(f"{type(handle.hf).__name__}: got {len(attentions or ())} attention patterns for {L} layers")
+    return list(attentions[:: len(attentions) // L])
 
 
 class HeadAblationResult:
