@@ -25,3 +25,30 @@ def test_ci_profile_is_cpu_sized_and_replicated():
     (paper,) = [c for c in load_claims([REPO / "claims"], profile="paper") if c.id == claim.id]
     assert paper.models["scratch"].architecture["n_layer"] == 12  # GPT-2 small's shape
     assert paper.data.task.args["tokenizer"] == "gpt2"
+
+
+@pytest.mark.parametrize("profile", ["ci"])
+def test_scratch_twin_has_the_pretrained_models_config(profile):
+    """cdm-finetuned and cdm-scratch differ only in their starting weights: same architecture, vocabulary, positions."""
+    from mechcheck.fixtures import make_task
+    from mechcheck.spec import load_model_fixture
+
+    fx = REPO / "fixtures"
+    scratch = load_model_fixture("cdm-scratch", fx, profile)
+    finetuned = load_model_fixture("cdm-finetuned", fx, profile)
+    pretrained = finetuned.parent
+    assert pretrained.name == "lm-pretrained" and pretrained.seed is not None  # one checkpoint, like GPT-2
+    corpus = make_task(pretrained.task)
+    arch = {k: v for k, v in scratch.architecture.items() if k not in ("vocab_size", "n_positions")}
+    assert arch == pretrained.architecture
+    assert scratch.architecture["vocab_size"] == corpus.vocab_size
+    assert scratch.architecture["n_positions"] == corpus.seq_len + 2
+    assert scratch.task == finetuned.task and scratch.train.steps == finetuned.train.steps
+    assert scratch.train.batch_size == finetuned.train.batch_size  # the same data budget
+
+
+def test_every_lin_claim_has_a_paper_profile():
+    claims = [c for c in load_claims([REPO / "claims" / "lin2024"], profile="ci")]
+    assert len(claims) >= 7
+    for claim in claims:
+        assert "paper" in claim.profiles, claim.id
