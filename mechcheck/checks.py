@@ -310,8 +310,11 @@ def layer_centroid(effect_mean: np.ndarray) -> float:
 
 
 def _centroid_of(arrays: list[np.ndarray]) -> float:
-    """Mean over replicates of the centroid of each replicate's mean (L, H) effect."""
-    return float(np.mean([layer_centroid(a.mean(0)) for a in arrays]))
+    """Mean over replicates of the centroid of each replicate's mean (L, H) effect (replicates where no head
+    matters at all have no centroid and are left out; NaN when none has one)."""
+    values = [layer_centroid(a.mean(0)) for a in arrays]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def _critical(per_seed: list[np.ndarray], tau: float) -> list[str]:
@@ -342,12 +345,26 @@ def layer_centroid_higher(ctx: CheckContext, model: str, than: str, by: float = 
         raise ctx.error(f"'{model}' has {La} layers and '{than}' {Lb}: layer centroids are only comparable "
                         "between models of the same depth")
     a, b = res.head_effects(model, metric), res.head_effects(than, metric)
+    # A replicate in which no head's ablation lowers the metric (e.g. one that stayed at chance) has no layer
+    # profile: it is left out of the comparison, and the report says how many were.
+    dropped = {role: sum(np.isnan(layer_centroid(e.mean(0))) for e in arrs) for role, arrs in ((model, a), (than, b))}
+    a = [e for e in a if not np.isnan(layer_centroid(e.mean(0)))]
+    b = [e for e in b if not np.isnan(layer_centroid(e.mean(0)))]
+    flat = [role for role, arrs in ((model, a), (than, b)) if not arrs]
+    if flat:  # a model that needs no head (e.g. one at chance) has no layer profile to compare
+        return CheckResult("layer_centroid_higher", {}, "inconclusive",
+                           f"no head's ablation lowers the {metric} of {' or '.join(repr(r) for r in flat)}: "
+                           "there is no layer profile to compare", None, by, ">=")
     est = stats.bootstrap_difference(a, b, _centroid_of, n_boot=ctx.n_boot, seed=ctx.seed)
     outcome = stats.judge(est, by, ">=")
+    if outcome == "error":  # some resamples drew only examples on which no head matters
+        outcome = "inconclusive"
     profile = {role: np.round(np.mean([layer_profile(e.mean(0)) for e in arrs], axis=0), 4).tolist()
                for role, arrs in ((model, a), (than, b))}
     centroids = {role: [round(layer_centroid(e.mean(0)), 3) for e in arrs] for role, arrs in ((model, a), (than, b))}
+    left_out = ", ".join(f"{n} replicate(s) of '{r}'" for r, n in dropped.items() if n)
     details: dict[str, Any] = {"metric": metric, "layer_profile": profile, "centroids": centroids,
+                               "replicates_without_profile": dropped,
                                "critical_heads": {model: _critical(a, critical), than: _critical(b, critical)},
                                "critical_threshold": critical}
     note = ""
@@ -359,6 +376,6 @@ def layer_centroid_higher(ctx: CheckContext, model: str, than: str, by: float = 
     middle = (La - 1) / 2
     msg = (f"layer centroid of '{model}' minus '{than}' ({metric} drops) = {est} layers (needs >= {by:g}); "
            f"centroids {np.mean(centroids[model]):.2f} vs {np.mean(centroids[than]):.2f}, middle layer "
-           f"{middle:g}{note}")
+           f"{middle:g}{note}" + (f"; left out (no head matters): {left_out}" if left_out else ""))
     return CheckResult("layer_centroid_higher", {}, outcome, msg, est, by, ">=",
                        {"label": "no difference", "estimate": 0.0}, details)

@@ -104,3 +104,11 @@ def test_comparison_figure_is_drawn_for_two_roles(tmp_path):
                                     "models": {"ft": role(3), "scr": role(0)}})
     paths = write_figures(claim, tmp_path)
     assert any(p.name == "x.compare__compare.png" and p.stat().st_size > 1000 for p in paths)
+
+
+def test_layer_centroid_higher_is_inconclusive_for_a_model_that_needs_no_head():
+    flat = [np.zeros((50, 4, 4)) for _ in range(2)]
+    res = FakeAblation({"ft": effects_in_layer(3), "scr": flat})
+    out = run_check(_ctx(res), "layer_centroid_higher",
+                    {"model": "ft", "than": "scr", "by": 0.0, "critical": 0.05, "expected_heads": None, "metric": None})
+    assert out.outcome == "inconclusive" and "no head's ablation lowers" in out.message
