@@ -340,7 +340,7 @@ def layer_centroid_higher(ctx: CheckContext, model: str, than: str, by: float = 
     res = ctx.result
     if not hasattr(res, "head_effects"):
         raise ctx.error("layer_centroid_higher needs the head_ablation experiment")
-    (La, Ha), (Lb, Hb) = res.shape(model), res.shape(than)
+    La, Lb = res.shape(model)[0], res.shape(than)[0]
     if La != Lb:
         raise ctx.error(f"'{model}' has {La} layers and '{than}' {Lb}: layer centroids are only comparable "
                         "between models of the same depth")

@@ -101,7 +101,7 @@ def train(model, task: Task, spec: Any, seed: int, device: str, label: str = "tr
 
 def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, console: Any) -> dict[str, Any]:
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from mechcheck.progress import progress_bar
 
     from mechcheck.models import answer_logits, pin_mkl_threads
 
@@ -117,10 +117,7 @@ def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, con
     t0 = time.perf_counter()
     loss_value, acc = float("nan"), float("nan")
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"),
-                        TimeElapsedColumn(), console=console, transient=True,
-                        disable=console is None or not console.is_terminal)
+    progress = progress_bar(console, "loss {task.fields[loss]}  acc {task.fields[acc]}")
     with progress:
         bar = progress.add_task(label, total=spec.steps, loss="-", acc="-")
         for step in range(spec.steps):

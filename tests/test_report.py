@@ -179,6 +179,8 @@ def test_write_report_files(tmp_path: Path) -> None:
 
     passed, error = report.claims
     expected = {f"figures/lin2024_greater-than__{role}__{kind}.png" for role in ROLES for kind in ("heads", "attention")}
+    if len(ROLES) > 1:  # several roles: also the side-by-side comparison with layer profiles
+        expected.add("figures/lin2024_greater-than__compare.png")
     assert set(passed.figures) == expected
     assert error.figures == []
     for rel in expected:
@@ -224,6 +226,7 @@ def test_write_figures_direct(tmp_path: Path) -> None:
         "lin2024_greater-than__target__heads.png",
         "lin2024_greater-than__baseline__heads.png",
         "lin2024_greater-than__baseline__attention.png",
+        "lin2024_greater-than__compare.png",  # needs only the head effects, which both roles still have
     ])
 
 

@@ -420,11 +420,15 @@ def linear_decoding(ctx: ExperimentContext, site: str = "resid_final", layers: s
     batch = ctx.batch
     _check_labels(batch, list(variables), "variables")
     _check_labels(batch, list(selectivity), "selectivity")
+    from mechcheck.progress import progress_bar
+
     runs: dict[str, list[_DecodeReplicate]] = {}
     n_layers: dict[str, int] = {}
-    for role, handles in ctx.models.items():
-        runs[role] = []
-        for handle in handles:
+    with progress_bar(ctx.console) as progress:
+        bar = progress.add_task("linear decoding", total=sum(len(hs) for hs in ctx.models.values()))
+        for role, handle in ((r, h) for r, hs in ctx.models.items() for h in hs):
+            runs.setdefault(role, [])
+            progress.update(bar, description=f"linear decoding: {role} (replicate {len(runs[role]) + 1})")
             L = handle.n_layers
             n_layers[role] = L
             names = site_names(site, layers, L)
@@ -433,6 +437,7 @@ def linear_decoding(ctx: ExperimentContext, site: str = "resid_final", layers: s
             feats = {layer: acts[name] for layer, name in names.items()}
             runs[role].append(decode_replicate(feats, acts[final], batch.labels, list(variables), list(selectivity),
                                                classifier, folds, n_shuffle, unit_auc, unit_alpha, ctx.seed))
+            progress.advance(bar)
     labels = {v: np.asarray(batch.labels[v]) for v in set(variables) | set(selectivity)}
     return DecodingResult(args, labels, dict(ctx.fixtures), n_layers, runs)
 
@@ -526,13 +531,18 @@ def embedding_geometry(ctx: ExperimentContext, labels: list[str] = ("context", "
     batch = ctx.batch
     _check_labels(batch, list(labels), "labels")
     lab = {v: np.asarray(batch.labels[v]) for v in labels}
+    from mechcheck.progress import progress_bar
+
     runs: dict[str, list[_GeometryReplicate]] = {}
-    for role, handles in ctx.models.items():
-        runs[role] = []
-        for handle in handles:
+    with progress_bar(ctx.console) as progress:
+        bar = progress.add_task("UMAP", total=sum(len(hs) for hs in ctx.models.values()))
+        for role, handle in ((r, h) for r, hs in ctx.models.items() for h in hs):
+            runs.setdefault(role, [])
+            progress.update(bar, description=f"UMAP: {role} (replicate {len(runs[role]) + 1})")
             name = f"blocks.{handle.n_layers - 1}.hook_resid_post"
             X = collect_activations(handle, batch, [name], batch_size)[name]
             runs[role].append(geometry_replicate(X, lab, n_neighbors, min_dist, ctx.seed))
+            progress.advance(bar)
     return GeometryResult(args, lab, dict(ctx.fixtures), runs, ctx.seed)
 
 

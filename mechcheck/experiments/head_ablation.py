@@ -232,7 +232,7 @@ class HeadAblationResult:
 def head_ablation(ctx: ExperimentContext, method: str = "mean", metric: str = "accuracy", positions: str = "all",
                   batch_size: int = 500, n_control: int = 10) -> HeadAblationResult:
     """Ablate every head, and every whole layer, one at a time; record the per-example change of the metric."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from mechcheck.progress import progress_bar
 
     args = {"method": method, "metric": metric, "positions": positions, "batch_size": batch_size,
             "n_control": n_control}
@@ -240,8 +240,7 @@ def head_ablation(ctx: ExperimentContext, method: str = "mean", metric: str = "a
     runs: dict[str, list[_Replicate]] = {}
     total = sum(len(hs) * (h.n_layers * h.n_heads + h.n_layers + 1) for hs in ctx.models.values() for h in hs[:1])
     console = ctx.console
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=True, disable=console is None or not console.is_terminal)
+    progress = progress_bar(console)
     with progress:
         bar = progress.add_task("head ablation", total=total)
         for role, handles in ctx.models.items():

@@ -191,13 +191,7 @@ def sample_efficiency(ctx: ExperimentContext, n_train: list[int], target: float 
                       batch_size: int | None = None, models: list[str] | None = None,
                       eval_batch_size: int = 500) -> SampleEfficiencyResult:
     """Train each role's fixture on N trials for every N of the grid and seed; measure eval accuracy."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from mechcheck.progress import progress_bar
 
     from mechcheck.errors import SpecError
     from mechcheck.experiments.head_ablation import forward_metrics
@@ -233,8 +227,7 @@ def sample_efficiency(ctx: ExperimentContext, n_train: list[int], target: float 
     variants: dict[str, list[list[_Variant]]] = {}
     console = ctx.console
     show = console is not None and console.is_terminal
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=True, disable=not show)
+    progress = progress_bar(console)
     with progress:
         bar = progress.add_task("sample efficiency", total=len(plan))
         for role, seed, n in plan:
