@@ -352,9 +352,12 @@ def layer_centroid_higher(ctx: CheckContext, model: str, than: str, by: float = 
     b = [e for e in b if not np.isnan(layer_centroid(e.mean(0)))]
     flat = [role for role, arrs in ((model, a), (than, b)) if not arrs]
     if flat:  # a model that needs no head (e.g. one at chance) has no layer profile to compare
+        other = {r: round(_centroid_of(arrs), 3) for r, arrs in ((model, a), (than, b)) if arrs}
+        seen = "".join(f"; centroid of '{r}' = {c:.2f}" for r, c in other.items())
         return CheckResult("layer_centroid_higher", {}, "inconclusive",
                            f"no head's ablation lowers the {metric} of {' or '.join(repr(r) for r in flat)}: "
-                           "there is no layer profile to compare", None, by, ">=")
+                           f"there is no layer profile to compare{seen}", None, by, ">=",
+                           details={"metric": metric, "centroids": other, "replicates_without_profile": dropped})
     est = stats.bootstrap_difference(a, b, _centroid_of, n_boot=ctx.n_boot, seed=ctx.seed)
     outcome = stats.judge(est, by, ">=")
     if outcome == "error":  # some resamples drew only examples on which no head matters
