@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev]'
 	@touch $(STAMP)
 
+# A claim that does not replicate is a finding, not a broken run: exit 1 ("some claim did not pass") is
+# reported but does not fail `make run`. Invalid input (2), interruption (130) and crashes still do.
+# CI gates on claims with `mechcheck run` itself, whose exit code keeps the full contract.
 run: $(STAMP)
-	$(BIN)/mechcheck run claims/ --profile $(PROFILE) $(ARGS)
+	@$(BIN)/mechcheck run claims/ --profile $(PROFILE) $(ARGS); rc=$$?; \
+	if [ $$rc -eq 1 ]; then echo "make run: some claims did not pass (see the report); that is a result, not an error"; \
+	elif [ $$rc -ne 0 ]; then exit $$rc; fi
 
 validate: $(STAMP)
 	$(BIN)/mechcheck validate claims/
