@@ -344,12 +344,14 @@ def layer_centroid_higher(ctx: CheckContext, model: str, than: str, by: float = 
     if La != Lb:
         raise ctx.error(f"'{model}' has {La} layers and '{than}' {Lb}: layer centroids are only comparable "
                         "between models of the same depth")
-    a, b = res.head_effects(model, metric), res.head_effects(than, metric)
     # A replicate in which no head's ablation lowers the metric (e.g. one that stayed at chance) has no layer
     # profile: it is left out of the comparison, and the report says how many were.
-    dropped = {role: sum(np.isnan(layer_centroid(e.mean(0))) for e in arrs) for role, arrs in ((model, a), (than, b))}
-    a = [e for e in a if not np.isnan(layer_centroid(e.mean(0)))]
-    b = [e for e in b if not np.isnan(layer_centroid(e.mean(0)))]
+    kept, dropped = {}, {}
+    for role in (model, than):
+        arrs = res.head_effects(role, metric)
+        kept[role] = [e for e in arrs if layer_profile(e.mean(0)).sum() > 0]
+        dropped[role] = len(arrs) - len(kept[role])
+    a, b = kept[model], kept[than]
     flat = [role for role, arrs in ((model, a), (than, b)) if not arrs]
     if flat:  # a model that needs no head (e.g. one at chance) has no layer profile to compare
         other = {r: round(_centroid_of(arrs), 3) for r, arrs in ((model, a), (than, b)) if arrs}
@@ -362,9 +364,9 @@ def layer_centroid_higher(ctx: CheckContext, model: str, than: str, by: float = 
     outcome = stats.judge(est, by, ">=")
     if outcome == "error":  # some resamples drew only examples on which no head matters
         outcome = "inconclusive"
-    profile = {role: np.round(np.mean([layer_profile(e.mean(0)) for e in arrs], axis=0), 4).tolist()
-               for role, arrs in ((model, a), (than, b))}
-    centroids = {role: [round(layer_centroid(e.mean(0)), 3) for e in arrs] for role, arrs in ((model, a), (than, b))}
+    means = {role: [e.mean(0) for e in arrs] for role, arrs in kept.items()}  # per replicate (L, H)
+    profile = {role: np.round(np.mean([layer_profile(m) for m in ms], axis=0), 4).tolist() for role, ms in means.items()}
+    centroids = {role: [round(layer_centroid(m), 3) for m in ms] for role, ms in means.items()}
     left_out = ", ".join(f"{n} replicate(s) of '{r}'" for r, n in dropped.items() if n)
     details: dict[str, Any] = {"metric": metric, "layer_profile": profile, "centroids": centroids,
                                "replicates_without_profile": dropped,

@@ -173,11 +173,6 @@ def _variant_spec(spec, n: int, steps: int | None, batch_size: int | None):
     return dataclasses.replace(spec, name=f"{spec.name}@n{n}", train=train)
 
 
-def _replicates(spec, n_seeds: int) -> int:
-    """Distinct replicates of a trained fixture: one if the fixture fixes its own seed."""
-    return 1 if getattr(spec, "seed", None) is not None else n_seeds
-
-
 @EXPERIMENTS.register("sample_efficiency", params=(
     Param("n_train", "ints", required=True, min=1,
           doc="grid of training-set sizes N (trials), e.g. [32, 64, 128, 256, 512]"),
@@ -195,7 +190,7 @@ def sample_efficiency(ctx: ExperimentContext, n_train: list[int], target: float 
 
     from mechcheck.errors import SpecError
     from mechcheck.experiments.head_ablation import forward_metrics
-    from mechcheck.fixtures import build_model
+    from mechcheck.fixtures import build_model, replicates
     from mechcheck.models import wrap
 
     grid = sorted(int(n) for n in n_train)
@@ -222,7 +217,7 @@ def sample_efficiency(ctx: ExperimentContext, n_train: list[int], target: float 
     quiet = dataclasses.replace(ctx.build, console=None)
     # Seed-major: a run stopped early has whole replicates of every role (and the cache keeps what it trained).
     plan = [(role, seed, n) for seed in range(ctx.n_seeds) for role in roles
-            if seed < _replicates(ctx.specs[role], ctx.n_seeds) for n in grid]
+            if seed < replicates(ctx.specs[role], ctx.n_seeds) for n in grid]
     accuracy: dict[str, np.ndarray] = {}
     variants: dict[str, list[list[_Variant]]] = {}
     console = ctx.console
@@ -232,7 +227,7 @@ def sample_efficiency(ctx: ExperimentContext, n_train: list[int], target: float 
         bar = progress.add_task("sample efficiency", total=len(plan))
         for role, seed, n in plan:
             spec = ctx.specs[role]
-            n_rep = _replicates(spec, ctx.n_seeds)
+            n_rep = replicates(spec, ctx.n_seeds)
             if role not in accuracy:
                 accuracy[role] = np.zeros((n_rep, len(grid), len(batch)), dtype=np.float32)
                 variants[role] = [[] for _ in range(n_rep)]
