@@ -52,6 +52,25 @@ class Built:
     cached: bool
     info: dict[str, Any]
     task: Task | None
+    #: where the same weights can be read again: (location, local, revision) for `load_checkpoint`
+    source: tuple[str, bool, str | None] | None = None
+
+    def pristine_copy(self):
+        """A copy of the weights as built, for a child to start from (fine-tuning).
+
+        Not `copy.deepcopy(self.model)` once the model has been wrapped for an experiment: the TransformerLens
+        bridge rebuilds the module tree in place (its state_dict keys change), so a child copied from it would
+        be saved with keys that no checkpoint loader maps back. Such a model is read again from its source
+        (the cache entry, or the loaded checkpoint), which holds the same bits.
+        """
+        import copy
+
+        from mechcheck.models import is_wrapped, load_checkpoint
+
+        if not is_wrapped(self.model) or self.source is None:
+            return copy.deepcopy(self.model)
+        location, local, revision = self.source
+        return load_checkpoint(location, local=local, revision=revision)
 
 
 _TASK_MEMO: dict[str, Task] = {}
@@ -116,7 +135,8 @@ def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any]
         path, meta = hit
         from mechcheck.models import load_checkpoint
 
-        built = Built(load_checkpoint(str(path), local=True), key, spec.recipe, True, meta.get("info", {}), task)
+        built = Built(load_checkpoint(str(path), local=True), key, spec.recipe, True, meta.get("info", {}), task,
+                      (str(path), True, None))
     else:
         model = init()
         label = f"{spec.recipe} {spec.name} (seed {seed})"
@@ -124,8 +144,8 @@ def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any]
                      threads=ctx.train_threads)
         model.to("cpu")
         ctx.cache.put(key, model, payload, info)
-        meta = ctx.cache.get(key)[1]
-        built = Built(model, key, spec.recipe, False, info, task)
+        path, meta = ctx.cache.get(key)
+        built = Built(model, key, spec.recipe, False, info, task, (str(path), True, None))
     # The weights' hash lets two reports show whether they measured the very same model (cache keys say
     # "same recipe"; this says "same bits").
     built.info = {**built.info, "weights_sha256": meta["files"].get("model.safetensors")}
@@ -212,9 +232,7 @@ def build_finetune(spec, seed: int, ctx: BuildContext) -> Built:
                "train": dataclasses.asdict(spec.train), "seed": seed}
 
     def init():
-        import copy
-
-        return copy.deepcopy(parent.model)
+        return parent.pristine_copy()
 
     built = _train_and_cache(spec, seed, ctx, payload, init)
     built.info.setdefault("parent", spec.parent.name)
@@ -263,5 +281,6 @@ def build_load(spec, seed: int, ctx: BuildContext) -> Built:
     if key not in ctx.memo:
         model = load_checkpoint(where, local=local, revision=spec.revision)
         task = make_task(spec.task) if spec.task else None
-        ctx.memo[key] = Built(model, key, "load", False, {"source": spec.path or spec.hub}, task)
+        ctx.memo[key] = Built(model, key, "load", False, {"source": spec.path or spec.hub}, task,
+                              (where, local, spec.revision))
     return ctx.memo[key]

@@ -137,3 +137,19 @@ def test_forward_metrics_batches_do_not_change_results(known):
     a = forward_metrics(handle, batch, ((0, 0),), "zero", "all", None, batch_size=7)
     b = forward_metrics(handle, batch, ((0, 0),), "zero", "all", None, batch_size=500)
     assert np.array_equal(a["logit_diff"], b["logit_diff"])
+
+
+def test_wrapping_a_model_twice_reuses_its_bridge():
+    """A fixture shared by several claims is wrapped once: re-wrapping would stack the bridge's modules."""
+    import torch
+
+    from mechcheck.models import build_gpt2, wrap
+
+    torch.manual_seed(0)
+    model = build_gpt2({"n_layer": 1, "n_head": 2, "n_embd": 16}, 12, 8)
+    first = wrap(model, "cpu")
+    n_modules = len(list(model.modules()))
+    model.train()
+    again = wrap(model, "cpu")
+    assert again is first and len(list(model.modules())) == n_modules
+    assert not model.training  # back in eval mode

@@ -221,3 +221,22 @@ def test_pretrain_recipe_trains_with_next_token_loss(claim_tree, tmp_path):
     # Next-token loss over ~14 positions starts near log(vocab) and must fall within 20 steps.
     history = [h["loss"] for h in meta["info"]["history"]]
     assert history[-1] < 3.2 and history[-1] < history[0] + 1e-9
+
+
+def test_a_child_of_a_wrapped_parent_is_the_same_model_and_reloads(claim_tree, tmp_path):
+    """A parent used as a role (so wrapped for an experiment) before its fine-tuned child is built: the child
+    must start from the parent's weights as built, train to the same bits, and be cached loadably. (Wrapping
+    rebuilds the module tree; a copy of the wrapped module would be saved under keys no loader maps back.)"""
+    claim = TINY.replace("models: {m: tiny-cdm}", """models:
+      m: tiny-cdm
+      ft: {recipe: finetune, from: tiny-cdm, task: cdm9, train: {steps: 5, batch_size: 16, lr: 1.0e-3}}""")
+    claim = claim.replace("seeds: 2", "seeds: 1")
+    path = claim_tree("claims/ft_after_parent.yaml", claim)
+    cache = tmp_path / "cache"
+    (first,), _ = run([path], cache_dir=cache)  # builds and wraps the parent (role m), then the child
+    assert first.outcome != "error", first.reason
+    (second,), _ = run([path], cache_dir=cache)  # both from the cache
+    child = {m.role: m for m in first.models}["ft"]
+    again = {m.role: m for m in second.models}["ft"]
+    assert again.cached and again.info["weights_sha256"] == child.info["weights_sha256"]
+    assert second.experiment == first.experiment  # the reloaded child measures exactly as the trained one
