@@ -434,7 +434,8 @@ def test_claim_without_fixtures_dir_names_the_problem(tmp_path):
 def test_list_kinds_validate_items(tmp_path):
     """`ints` and `strings` parameters: items are checked one by one, with the item's path."""
     from mechcheck.registry import Param
-    from mechcheck.spec import _F, _Refs, _value
+    from mechcheck.spec.kinds import _Refs, _value
+    from mechcheck.spec.yaml import _F
 
     f = _F([], "x.yaml")
     ints = Param("n", "ints", min=1)
