@@ -155,7 +155,7 @@ _MODEL = Param("model", "model", required=True, doc="role of the model in the cl
 
 @CHECKS.register("accuracy_at_least", params=(
     _MODEL, Param("value", "float", required=True, min=0.0, max=1.0, doc="accuracy threshold"),
-))
+), experiments=("evaluate", "head_ablation"))
 def accuracy_at_least(ctx: CheckContext, model: str, value: float) -> CheckResult:
     """The model's clean accuracy on the eval set is at least `value`."""
     est = ctx.bootstrap(ctx.result.clean(model, "accuracy"))
@@ -167,11 +167,11 @@ def accuracy_at_least(ctx: CheckContext, model: str, value: float) -> CheckResul
 
 @CHECKS.register("top_heads_in_layers", params=(
     _MODEL,
-    Param("top", "int", required=True, min=1, doc="how many of the most important heads to look at"),
+    Param("top", "int", required=True, min=1, limit="heads", doc="how many of the most important heads to look at"),
     Param("layers", "layers", required=True, doc="the layers they should lie in"),
     Param("at_least", "float", default=0.5, min=0.0, max=1.0, doc="share of the top heads that must lie there"),
     _METRIC,
-))
+), experiments=("head_ablation",))
 def top_heads_in_layers(ctx: CheckContext, model: str, top: int, layers: list[int], at_least: float = 0.5,
                         metric: str | None = None) -> CheckResult:
     """The `top` heads with the largest ablation effect lie (mostly) in `layers`."""
@@ -238,13 +238,13 @@ def _effect_params(bound: str) -> tuple[Param, ...]:
             _METRIC)
 
 
-@CHECKS.register("effect_at_least", params=_effect_params("smallest"))
+@CHECKS.register("effect_at_least", params=_effect_params("smallest"), experiments=("head_ablation",))
 def effect_at_least(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None) -> CheckResult:
     """Ablating `heads` together lowers the metric by at least `value`."""
     return _effect_check(ctx, "effect_at_least", model, heads, value, metric, ">=")
 
 
-@CHECKS.register("effect_at_most", params=_effect_params("largest"))
+@CHECKS.register("effect_at_most", params=_effect_params("largest"), experiments=("head_ablation",))
 def effect_at_most(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None) -> CheckResult:
     """Ablating `heads` together lowers the metric by at most `value` (the heads do not matter)."""
     return _effect_check(ctx, "effect_at_most", model, heads, value, metric, "<=")
@@ -255,7 +255,7 @@ def effect_at_most(ctx: CheckContext, model: str, heads: Any, value: float, metr
     Param("heads", "heads", required=True, doc="[[layer, head], ...], 'top_head' or 'top_<k>'"),
     Param("tokens", "tokens", required=True, doc="token group of the task, e.g. numbers"),
     Param("at_least", "float", required=True, min=0.0, max=1.0, doc="smallest share of attention"),
-))
+), experiments=("head_ablation",))
 def attention_to(ctx: CheckContext, model: str, heads: Any, tokens: str, at_least: float) -> CheckResult:
     """Share of attention from the answer position to the `tokens` group, averaged over `heads`."""
     res = ctx.result
@@ -332,7 +332,7 @@ def _critical(per_seed: list[np.ndarray], tau: float) -> list[str]:
     Param("critical", "float", default=0.05, min=0.0, doc="effect from which a head counts as critical (listed)"),
     Param("expected_heads", "heads", doc="heads a paper names for `model`: reported as critical or not, never judged"),
     _METRIC,
-))
+), experiments=("head_ablation",))
 def layer_centroid_higher(ctx: CheckContext, model: str, than: str, by: float = 0.0, critical: float = 0.05,
                           expected_heads: Any = None, metric: str | None = None) -> CheckResult:
     """`model` relies on later layers than `than`: its importance-weighted layer centroid is higher by > `by`."""

@@ -23,11 +23,15 @@ __all__ = ["Param", "Entry", "Registry", "TASKS", "EXPERIMENTS", "CHECKS", "RECI
 #: head ([layer, head]), heads (list of [layer, head], or a selector string: "top_head", "top_<k>"),
 #: model (a role named in the claim's `models`), tokens (a token-group name of the task), mapping (free dict),
 #: ints (non-empty list of distinct ints within min/max), strings (non-empty list of distinct names; one of
-#: `choices` each when choices are given; a single name is accepted as a list of one).
+#: `choices` each when choices are given; a single name is accepted as a list of one),
+#: label (one label of the claim's eval task), labels (non-empty list of distinct labels of the eval task; a
+#: single name is accepted as a list of one).
 PARAM_KINDS = (
     "int", "float", "str", "bool", "choice", "layers", "head", "heads", "model", "tokens", "mapping", "ints",
-    "strings",
+    "strings", "label", "labels",
 )
+#: What `Param.limit` may name: "heads" = at most the number of heads (n_layers x n_heads) of the check's model.
+PARAM_LIMITS = ("heads",)
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,19 @@ class Param:
     #: for numbers: inclusive bounds (None = unbounded)
     min: float | None = None
     max: float | None = None
+    #: for a check's argument: the name of an argument of the claim's experiment whose value(s) this value must
+    #: be one of (after the experiment's defaults), e.g. a decoding check's `variable` within `variables`
+    within: str | None = None
+    #: for an int: a bound that depends on the check's model (one of PARAM_LIMITS), checked against the shape
+    #: the model declares at validation and against the built model before any experiment runs
+    limit: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in PARAM_KINDS:
             raise ValueError(f"Param {self.name!r}: unknown kind {self.kind!r} (allowed: {', '.join(PARAM_KINDS)})")
+        if self.limit is not None and (self.limit not in PARAM_LIMITS or self.kind != "int"):
+            raise ValueError(f"Param {self.name!r}: limit {self.limit!r} needs kind 'int' and one of "
+                             f"{', '.join(PARAM_LIMITS)}")
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,18 @@ class Registry:
     def register(
         self, name: str, params: tuple[Param, ...] = (), doc: str = "", **meta: Any
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: register `func` under `name`. Registering a name twice is an error."""
+        """Decorator: register `func` under `name`. Registering a name twice is an error.
+
+        Keywords other than `params` and `doc` are kept in the entry's `meta`. The validator reads:
+        checks: ``experiments=(...)``, the experiments whose measurements the check reads (absent: any);
+        tasks: ``token_groups=(...)`` and ``labels=(...)``, what every batch of the task marks (absent labels:
+        unknown, not checked); ``version``, ``keyless_defaults`` (cache keys).
+        """
+        for key in ("experiments", "labels", "token_groups"):
+            if key in meta:  # a bare string would be read as a list of its characters
+                if isinstance(meta[key], str) or not all(isinstance(x, str) for x in meta[key]):
+                    raise ValueError(f"{self.kind} {name!r}: {key} must be a tuple of names, got {meta[key]!r}")
+                meta[key] = tuple(meta[key])
 
         def deco(func: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries and self._entries[name].func is not func:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from mechcheck.errors import SpecErrors
-from mechcheck.registry import EXPERIMENTS, Entry, Param
 from mechcheck.spec import (
     ClaimSpec, ModelSpec, TrainSpec, discover, find_fixtures_dir, list_fixtures, load_claims,
     load_model_fixture, load_task_fixture,
@@ -293,18 +292,15 @@ def test_profile_overlay_merges_and_missing_profile_uses_base(tmp_path):
     assert other.profile == "nightly" and other.data.n == 512 and other.models["base"].train.steps == 100
 
 
-def test_profile_naming_another_experiment_replaces_it(tmp_path, monkeypatch):
+def test_profile_naming_another_experiment_replaces_it(tmp_path):
     # a one-key experiment mapping would otherwise merge into two experiments
-    EXPERIMENTS.names()  # load the built-ins first, then add a stand-in for this test only
-    probe = Entry("spec_test_probe", lambda ctx, layer=0: None, (Param("layer", "int", default=0),))
-    monkeypatch.setitem(EXPERIMENTS._entries, "spec_test_probe", probe)
     root = write(tmp_path, {**FIXTURES, "claims/c.yaml": claim(append="""\
         profiles:
           paper:
-            experiment: {spec_test_probe: {layer: 1}}
+            experiment: {evaluate: {batch_size: 7}}
         """)})
     [c] = load_claims([root / "claims"], profile="paper")
-    assert c.experiment.name == "spec_test_probe" and c.experiment.args == {"layer": 1}
+    assert c.experiment.name == "evaluate" and c.experiment.args == {"batch_size": 7}
 
 
 def test_inline_model_and_task_fixtures(tmp_path):

@@ -396,12 +396,12 @@ _VARIABLES = ("context", "motion_sign", "color_sign", "choice")
     Param("site", "choice", default="resid_final", choices=SITES,
           doc="resid_final: blocks.{l}.hook_resid_post; attn_out: attention output after W_O (attn.o.hook_out)"),
     Param("layers", "choice", default="last", choices=("last", "all"), doc="decode the last layer or every layer"),
-    Param("variables", "strings", default=list(_VARIABLES), doc="labels of the eval task to decode"),
+    Param("variables", "labels", default=list(_VARIABLES), doc="labels of the eval task to decode"),
     Param("classifier", "choice", default="logistic", choices=CLASSIFIERS,
           doc="StandardScaler + LogisticRegression(C=1) or + LinearSVC(C=1)"),
     Param("folds", "int", default=5, min=2, doc="stratified CV folds"),
     Param("n_shuffle", "int", default=20, min=0, doc="label permutations for the shuffled-label null"),
-    Param("selectivity", "strings", default=["context", "motion_sign", "color_sign"],
+    Param("selectivity", "labels", default=["context", "motion_sign", "color_sign"],
           doc="binary labels for per-unit (mixed) selectivity at the final hidden state"),
     Param("unit_auc", "float", default=0.1, min=0.0, max=0.5, doc="selective: |AUC - 0.5| at least this"),
     Param("unit_alpha", "float", default=0.01, min=0.0, max=1.0,
@@ -517,7 +517,7 @@ class GeometryResult:
 
 
 @EXPERIMENTS.register("embedding_geometry", params=(
-    Param("labels", "strings", default=["context", "choice"], doc="labels whose clusters are scored"),
+    Param("labels", "labels", default=["context", "choice"], doc="labels whose clusters are scored"),
     Param("n_neighbors", "int", default=15, min=2, doc="UMAP n_neighbors"),
     Param("min_dist", "float", default=0.1, min=0.0, doc="UMAP min_dist"),
     Param("max_points", "int", default=500, min=1, doc="embedded points per replicate kept for the scatter plot"),
@@ -577,11 +577,11 @@ def _layer_index(ctx, res: DecodingResult, role: str, layer: Any) -> int:
 
 @CHECKS.register("decoding_accuracy_at_least", params=(
     _MODEL,
-    Param("variable", "str", required=True, doc="a decoded label, e.g. context"),
+    Param("variable", "label", required=True, within="variables", doc="a decoded label, e.g. context"),
     Param("value", "float", required=True, min=0.0, max=1.0, doc="smallest cross-validated accuracy"),
     Param("layer", "choice", default="last", choices=("last", *range(_MAX_LAYER + 1)),
           doc="'last' or a decoded layer index"),
-))
+), experiments=("linear_decoding",))
 def decoding_accuracy_at_least(ctx, model: str, variable: str, value: float, layer: Any = "last") -> CheckResult:
     """The linear decoder's cross-validated accuracy for `variable` is at least `value`."""
     res = _expect(ctx, DecodingResult, "linear_decoding")
@@ -608,9 +608,9 @@ def decoding_accuracy_at_least(ctx, model: str, variable: str, value: float, lay
 
 @CHECKS.register("decoding_above_null", params=(
     _MODEL,
-    Param("variable", "str", required=True, doc="a decoded label, e.g. context"),
+    Param("variable", "label", required=True, within="variables", doc="a decoded label, e.g. context"),
     Param("alpha", "float", default=0.01, min=0.0, max=1.0, doc="significance level (Holm over decoded layers)"),
-))
+), experiments=("linear_decoding",))
 def decoding_above_null(ctx, model: str, variable: str, alpha: float = 0.01) -> CheckResult:
     """In every replicate the decoder beats its shuffled-label null (at some layer, Holm over layers)."""
     res = _expect(ctx, DecodingResult, "linear_decoding")
@@ -666,7 +666,7 @@ def _independent_mixed_share(shares: list[dict[str, float]]) -> float:
 @CHECKS.register("mixed_selectivity_higher", params=(
     _MODEL, _THAN,
     Param("by", "float", default=0.0, min=-1.0, max=1.0, doc="smallest difference of mixed-selective shares"),
-))
+), experiments=("linear_decoding",))
 def mixed_selectivity_higher(ctx, model: str, than: str, by: float = 0.0) -> CheckResult:
     """The share of mixed-selective final-layer units in `model` exceeds that in `than` by at least `by`."""
     res = _expect(ctx, DecodingResult, "linear_decoding")
@@ -686,7 +686,7 @@ def mixed_selectivity_higher(ctx, model: str, than: str, by: float = 0.0) -> Che
     return CheckResult("mixed_selectivity_higher", {}, outcome, msg, est, by, ">=", control, details)
 
 
-_LABEL = Param("label", "str", required=True, doc="a label of the experiment's `labels`")
+_LABEL = Param("label", "label", required=True, within="labels", doc="a label of the experiment's `labels`")
 _SPACE = Param("space", "choice", default="umap", choices=("umap", "raw"),
                doc="the 2-D UMAP embedding or the standardised hidden states")
 
@@ -700,7 +700,7 @@ def _geometry_label(ctx, res: GeometryResult, label: str) -> None:
 @CHECKS.register("silhouette_at_least", params=(
     _MODEL, _LABEL, _SPACE,
     Param("value", "float", required=True, min=-1.0, max=1.0, doc="smallest mean silhouette"),
-))
+), experiments=("embedding_geometry",))
 def silhouette_at_least(ctx, model: str, label: str, value: float, space: str = "umap") -> CheckResult:
     """The mean silhouette of `label`'s clusters in `model`'s final states is at least `value`."""
     res = _expect(ctx, GeometryResult, "embedding_geometry")
@@ -717,7 +717,7 @@ def silhouette_at_least(ctx, model: str, label: str, value: float, space: str = 
 @CHECKS.register("silhouette_higher", params=(
     _MODEL, _THAN, _LABEL, _SPACE,
     Param("by", "float", default=0.0, min=-2.0, max=2.0, doc="smallest difference of mean silhouettes"),
-))
+), experiments=("embedding_geometry",))
 def silhouette_higher(ctx, model: str, than: str, label: str, space: str = "umap", by: float = 0.0) -> CheckResult:
     """`label`'s clusters are more separated (mean silhouette) in `model` than in `than`."""
     res = _expect(ctx, GeometryResult, "embedding_geometry")

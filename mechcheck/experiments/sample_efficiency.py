@@ -296,7 +296,7 @@ def _geomean(values: list[float]) -> float:
     Param("model", "model", required=True, doc="role that should need fewer samples"),
     Param("than", "model", required=True, doc="role it is compared with (e.g. the one trained from scratch)"),
     Param("value", "float", required=True, min=0.0, doc="largest ratio N@target(model) / N@target(than)"),
-))
+), experiments=("sample_efficiency",))
 def samples_ratio_at_most(ctx, model: str, than: str, value: float) -> CheckResult:
     """N@target(model) / N@target(than) (geometric mean over seeds) is at most `value`."""
     res = _result(ctx)
@@ -354,10 +354,11 @@ def samples_ratio_at_most(ctx, model: str, than: str, value: float) -> CheckResu
 
 @CHECKS.register("accuracy_at_n_at_least", params=(
     Param("model", "model", required=True, doc="role of the model in the claim's `models`"),
-    Param("n", "int", required=True, min=1, doc="training-set size; must be a point of the experiment's grid"),
+    Param("n", "int", required=True, min=1, within="n_train",
+          doc="training-set size; must be a point of the experiment's grid"),
     Param("value", "float", required=True, min=0.0, max=1.0, doc="accuracy threshold"),
     Param("than", "model", doc="role whose accuracy at the same N is reported as the control"),
-))
+), experiments=("sample_efficiency",))
 def accuracy_at_n_at_least(ctx, model: str, n: int, value: float, than: str | None = None) -> CheckResult:
     """Eval accuracy of `model` trained on `n` trials is at least `value`."""
     res = _result(ctx)

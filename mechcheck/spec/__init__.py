@@ -1,7 +1,8 @@
 """Claim and fixture files (YAML) -> frozen, validated specs: the spec dataclasses and the public API.
 
 The package's modules: `yaml` (reading YAML with lines), `kinds` (validation of one value by its `Param`
-kind), `profiles` (profile overlays), `loader` (claims and fixtures, and the rules that span sections).
+kind), `profiles` (profile overlays), `loader` (claims and fixtures), `cross` (the rules that span sections:
+checks against their experiment, head and layer indices against the models' shapes).
 Validation never imports torch or touches a model. Format reference: docs/claim-format.md.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "TaskSpec", "TrainSpec", "ModelSpec", "DataSpec", "ExperimentSpec", "CheckSpec", "ClaimSpec",
     "discover", "find_fixtures_dir", "load_claims", "load_model_fixture", "load_task_fixture", "list_fixtures",
+    "declared_shape", "declared_shapes", "shape_errors",
 ]
 
 
@@ -79,10 +81,17 @@ class ExperimentSpec:
 
 @dataclass(frozen=True)
 class CheckSpec:
-    """One expectation of a claim; `line` is where it stands in the claim file."""
+    """One expectation of a claim; `line` is where it stands in the claim file, `lines` where its arguments do."""
     name: str
     args: dict
     line: int | None = None
+    #: argument -> line, and "argument[i]" -> line of item i of a list argument (only the arguments written),
+    #: so that errors found later (a head beyond a built model) point at the value
+    lines: dict = field(default_factory=dict)
+
+    def line_of(self, path: str) -> int | None:
+        """Line of argument `path` ("heads", "heads[0]"): the item's, else its argument's, else the check's."""
+        return self.lines.get(path, self.lines.get(path.split("[", 1)[0], self.line))
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class ClaimSpec:
 
 
 # The loader builds the dataclasses above, so it is imported after them (it imports them from this package).
+from mechcheck.spec.cross import declared_shape, declared_shapes, shape_errors  # noqa: E402
 from mechcheck.spec.loader import (  # noqa: E402
     discover, find_fixtures_dir, list_fixtures, load_claims, load_model_fixture, load_task_fixture,
 )

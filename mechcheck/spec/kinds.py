@@ -2,8 +2,9 @@
 
 The registry's `Param` doubles as the declaration of a fixed field (`_get`, `_fields`), so claim sections,
 fixture fields and the arguments of experiments, checks and task generators are all validated here. What a value
-may *name* (a model role, a token group of the task) comes in `_Refs`; None there means "unknown here": only the
-type is checked.
+may *name* (a model role, a token group or a label of the eval task) comes in `_Refs`; None there means "unknown
+here": only the type is checked. Rules that need another section's value (a check's `within`, head indices
+against a model's shape) are in `mechcheck.spec.cross`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,16 @@ _SELECTOR_RE = re.compile(r"^top_(head|[0-9]+)$")
 
 @dataclass(frozen=True)
 class _Refs:
-    """What `model` / `tokens` arguments may name (None: unknown here, only the type is checked)."""
+    """What `model` / `tokens` / `label(s)` arguments may name (None: unknown here, only the type is checked)."""
     roles: tuple[str, ...] | None = None
     groups: tuple[str, ...] | None = None
-    task: str = ""
+    task: str = ""  # how errors name the eval task: "task 'cdm-words' (generator cdm)"
+    labels: tuple[str, ...] | None = None
+
+
+def _unknown_label(name: str, refs: _Refs) -> str:
+    """The message for a label the eval task does not have."""
+    return f"unknown label '{name}' of {refs.task or 'the eval task'}" + ("" if refs.labels else " (it has no labels)")
 
 
 def _is_int(v: Any) -> bool:
@@ -59,7 +66,7 @@ def _value(v: Any, p: Param, line: int, path: str, f: _F, refs: _Refs) -> Any:
         if not number or v != v:
             return bad(f"expected a number, got {_show(v)}")
         v = float(v)
-    if k in ("str", "model", "tokens") and not isinstance(v, str):
+    if k in ("str", "model", "tokens", "label") and not isinstance(v, str):
         return bad(f"expected a string, got {_show(v)}" + (" (quote it)" if number else ""))
     if k == "bool" and not isinstance(v, bool):
         return bad(f"expected true or false, got {_show(v)}")
@@ -69,7 +76,10 @@ def _value(v: Any, p: Param, line: int, path: str, f: _F, refs: _Refs) -> Any:
         return bad(f"unknown model role '{v}': not a role of the claim's `models`", refs.roles,
                    nearest(v, refs.roles))
     if k == "tokens" and refs.groups is not None and v not in refs.groups:
-        return bad(f"unknown token group '{v}' of task '{refs.task}'", refs.groups, nearest(v, refs.groups))
+        return bad(f"unknown token group '{v}' of {refs.task or 'the eval task'}", refs.groups,
+                   nearest(v, refs.groups))
+    if k == "label" and refs.labels is not None and v not in refs.labels:
+        return bad(_unknown_label(v, refs), refs.labels, nearest(v, refs.labels))
     if k == "mapping":
         if not isinstance(v, dict):
             return bad(f"expected a mapping, got {_show(v)}")
@@ -105,6 +115,25 @@ def _value(v: Any, p: Param, line: int, path: str, f: _F, refs: _Refs) -> Any:
                 return _BAD
         if len(set(v)) != len(v):
             return bad(f"duplicate names in {_show(v)}")
+        return list(v)
+    if k == "labels":
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not v:
+            return bad(f"expected a non-empty list of labels, got {_show(v)}")
+        ok = True
+        for i, x in enumerate(v):
+            at, ipath = _item_line(v, i, line), f"{path}[{i}]"
+            if not isinstance(x, str):
+                f.err(at, ipath, f"expected a label name, got {_show(x)}")
+                ok = False
+            elif refs.labels is not None and x not in refs.labels:
+                f.err(at, ipath, _unknown_label(x, refs), refs.labels, nearest(x, refs.labels))
+                ok = False
+        if not ok:
+            return _BAD
+        if len(set(v)) != len(v):
+            return bad(f"duplicate labels in {_show(v)}")
         return list(v)
     if k == "head":
         return _head(v, line, path, f)
@@ -144,6 +173,15 @@ def _get(m: YMap, p: Param, prefix: str, f: _F, refs: _Refs = _Refs(), what: str
     if p.required:
         f.err(m.line, _p(prefix, p.name), f"missing required {what} '{p.name}'")
         return _BAD
+    if p.kind in ("label", "labels") and p.default is not None and refs.labels is not None:
+        # a default written for one task (e.g. cdm's variables) does not fit every task: say so before running
+        names = [p.default] if isinstance(p.default, str) else list(p.default)
+        missing = [x for x in names if x not in refs.labels]
+        if missing:
+            f.err(m.line, _p(prefix, p.name), f"the default of '{p.name}' names labels that "
+                  f"{refs.task or 'the eval task'} does not have ({', '.join(missing)}): set '{p.name}'",
+                  refs.labels)
+            return _BAD
     return p.default
 
 

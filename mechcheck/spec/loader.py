@@ -19,9 +19,10 @@ from mechcheck.errors import SpecError, SpecErrors, nearest
 from mechcheck.paths import is_pkg_path, pkg_path_problem
 from mechcheck.registry import CHECKS, EXPERIMENTS, RECIPES, TASKS, Param, Registry
 from mechcheck.spec import CheckSpec, ClaimSpec, DataSpec, ExperimentSpec, ModelSpec, TaskSpec, TrainSpec
+from mechcheck.spec.cross import check_experiment, check_shapes, declared_shape
 from mechcheck.spec.kinds import _BAD, _Refs, _fields, _get
 from mechcheck.spec.profiles import check_profile_name, profiled
-from mechcheck.spec.yaml import YMap, _F, _item_line, _p, _show, parse
+from mechcheck.spec.yaml import YList, YMap, _F, _item_line, _p, _show, parse
 
 # ---- schemas of the fixed sections (the registry's `Param` doubles as a field declaration) -------------
 
@@ -258,14 +259,18 @@ class _Loader:
                 task = self.ref("tasks", d["task"], f, d.val_line("task"), "data.task", f"{label}.task", fx)
             data = DataSpec(task, **fields) if task and fields else None
 
-        groups = tuple(TASKS.get(task.generator).meta.get("token_groups", ())) if task else None
-        refs = _Refs(tuple(models), groups, task.generator if task else "")
+        refs = _Refs(tuple(models))
+        if task:
+            meta = TASKS.get(task.generator).meta
+            labels = meta.get("labels")  # None: a task that does not say (a plugin): label names are not checked
+            refs = _Refs(tuple(models), tuple(meta.get("token_groups", ())),
+                         f"task '{task.name}' (generator {task.generator})", None if labels is None else tuple(labels))
         experiment = None
         if "experiment" not in m:
             f.err(m.line, "experiment", "missing required field 'experiment'")
         else:
             experiment = self.call(m["experiment"], m.val_line("experiment"), "experiment", EXPERIMENTS, f, refs)
-            experiment = experiment and ExperimentSpec(*experiment)
+            experiment = experiment and ExperimentSpec(*experiment[:2])
         checks: list[Any] = []
         items = m.get("expect")
         if "expect" not in m:
@@ -275,15 +280,27 @@ class _Loader:
         for i, item in enumerate(items if isinstance(items, list) else []):
             line = _item_line(items, i, m.val_line("expect"))
             got = self.call(item, line, f"expect[{i}]", CHECKS, f, refs)
-            checks.append(got and CheckSpec(*got, line=line))
+            checks.append(got and CheckSpec(got[0], got[1], line=line, lines=got[2]))
+
+        valid = [(i, c) for i, c in enumerate(checks) if c is not None]
+        if experiment is not None:
+            exp = m["experiment"]  # the line of the experiment's name, where its arguments start
+            check_experiment(f, experiment, exp.key_line(experiment.name) if isinstance(exp, YMap)
+                             else m.val_line("experiment"), valid)
+        shapes = {role: s for role, spec in models.items() if spec and (s := declared_shape(spec)) is not None}
+        check_shapes(f, models, valid, shapes)
 
         if len(self.errors) > n0 or None in (data, experiment, *checks, *models.values()) or not checks:
             return None
         return ClaimSpec(cid, statement, f.file, models, data, experiment, tuple(checks), seeds, self.profile,
                          {k: v for k, v in source.items() if v is not None}, tuple(tags), profiles)
 
-    def call(self, v: Any, line: int, path: str, registry: Registry, f: _F, refs: _Refs) -> tuple[str, dict] | None:
-        """`{name: args}` (or a bare name) of an experiment or check, validated against its registry entry."""
+    def call(self, v: Any, line: int, path: str, registry: Registry, f: _F,
+             refs: _Refs) -> tuple[str, dict, dict[str, int]] | None:
+        """`{name: args}` (or a bare name) of an experiment or check, validated against its registry entry.
+
+        Returns the name, the arguments with defaults, and the lines of the arguments written (`_arg_lines`).
+        """
         if isinstance(v, str):  # a bare name: no arguments
             v, name = YMap(line), v
             v.put(name, None, line, line)
@@ -294,7 +311,17 @@ class _Loader:
         entry = self.entry(registry, name, v, name, path, f, registry.kind)
         args = entry and _fields(v[name], v.val_line(name), entry.params, _p(path, name), f, refs, "argument",
                                  f" of {registry.kind} '{name}'")
-        return None if args is None else (name, entry.with_defaults(args))
+        return None if args is None else (name, entry.with_defaults(args), _arg_lines(v[name]))
+
+
+def _arg_lines(args: Any) -> dict[str, int]:
+    """Argument -> line of its value, and "argument[i]" -> line of item i of a list argument."""
+    out: dict[str, int] = {}
+    for key, value in args.items() if isinstance(args, YMap) else ():
+        out[key] = args.val_line(key)
+        if isinstance(value, YList):
+            out.update({f"{key}[{i}]": at for i, at in enumerate(value.lines)})
+    return out
 
 
 

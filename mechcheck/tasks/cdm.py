@@ -38,6 +38,8 @@ VERSION = "1"
 CONTEXTS = ("motion", "color")
 SIDES = ("left", "right")
 TOKEN_GROUPS = ("context", "numbers", "motion_numbers", "color_numbers", "answer")
+#: the labels of every batch (`_trials`): what the representation experiments may decode or score
+LABELS = ("context", "motion_sign", "color_sign", "choice", "congruent", "response_type")
 # Word-level layout: position of each slot in the 13-token prompt.
 _WORD_LAYOUT = ["context", "{ctx}", "motion", "left", "{a}", "right", "{b}", "color", "left", "{c}", "right", "{d}", "choice"]
 _POS = {"ctx": 1, "a": 4, "b": 6, "c": 9, "d": 11, "answer": 12}
@@ -253,6 +255,7 @@ def _check_equal_lengths(tok, render, max_number: int, tokenizer: str) -> None:
     version=VERSION,
     keyless_defaults={"readout": "next"},  # added later: cache keys of existing tasks stay as they were
     token_groups=TOKEN_GROUPS,
+    labels=LABELS,
 )
 def make_cdm(vocab: str = "words", tokenizer: str | None = None, max_number: int = 9, min_gap: int = 1,
              eval_fraction: float = 0.2, readout: str = "next") -> Task:

@@ -89,6 +89,7 @@ class _Writer:
     ),
     version=VERSION,
     token_groups=TOKEN_GROUPS,
+    labels=(),  # packed text has no latent variables per example
 )
 def make_corpus(max_number: int = 9, seq_len: int = 32, kinds: list[str] | None = None) -> Task:
     """Generic pretraining text: packed sentences about numbers; the last one is a query (its answer)."""

@@ -28,6 +28,7 @@ TOKEN_GROUPS = ("source", "filler", "answer")
     params=(Param("length", "int", default=6, min=3, max=64, doc="prompt length in tokens"),),
     version=VERSION,
     token_groups=TOKEN_GROUPS,
+    labels=("source",),
 )
 def make_copy_first(length: int = 6) -> Task:
     """Copy the first token to the answer position (a known-answer task for harness tests)."""
