@@ -53,7 +53,13 @@ def _parser() -> argparse.ArgumentParser:
 def _load(paths, profile: str, fixtures_dir: Path | None):
     from mechcheck.spec import load_claims
 
-    return load_claims([Path(p) for p in paths], profile=profile, fixtures_dir=fixtures_dir)
+    try:
+        return load_claims([Path(p) for p in paths], profile=profile, fixtures_dir=fixtures_dir)
+    except SpecErrors as exc:
+        for e in exc.errors:
+            if e.file is None and e.field_path == "profile":  # it came from --profile
+                e.file = "<command line>"
+        raise
 
 
 def _print_errors(exc: SpecErrors | SpecError) -> None:

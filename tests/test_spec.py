@@ -280,9 +280,10 @@ def test_profile_overlay_merges_and_missing_profile_uses_base(tmp_path):
             data: {n: 4000}
             seeds: 5
         """)})
-    [ci] = load_claims([root / "claims"])
-    [paper] = load_claims([root / "claims"], profile="paper")
-    [other] = load_claims([root / "claims"], profile="nightly")
+    write(root, {"claims/d.yaml": claim({1: "id: c2"}, "profiles:\n  nightly: {seeds: 2}\n")})
+    ci, _ = load_claims([root / "claims"])
+    paper, _ = load_claims([root / "claims"], profile="paper")
+    other, c2 = load_claims([root / "claims"], profile="nightly")  # only d.yaml defines it: c.yaml uses its base
     assert ci.profiles == paper.profiles == ("ci", "paper")
     assert set(ci.models) == {"base"} and ci.data.n == 512 and ci.seeds == 1
     assert set(paper.models) == {"base", "ft"} and paper.data.n == 4000 and paper.seeds == 5
@@ -290,6 +291,7 @@ def test_profile_overlay_merges_and_missing_profile_uses_base(tmp_path):
     # fixtures apply the same profile: the task and model fixtures have `paper` overlays
     assert paper.data.task.args["max_number"] == 20 and paper.models["base"].train.steps == 3000
     assert other.profile == "nightly" and other.data.n == 512 and other.models["base"].train.steps == 100
+    assert c2.seeds == 2 and other.seeds == 1
 
 
 def test_profile_naming_another_experiment_replaces_it(tmp_path):

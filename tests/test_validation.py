@@ -4,6 +4,9 @@ selected profile vs the profiles the suite defines. Every error names its file, 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -238,6 +241,33 @@ def test_tasks_declare_the_labels_and_token_groups_their_batches_carry(name, kwa
     batch = entry.func(**kwargs).sample(8, "eval", 0)
     assert tuple(sorted(batch.labels)) == tuple(sorted(entry.meta["labels"]))
     assert tuple(sorted(batch.groups)) == tuple(sorted(entry.meta["token_groups"]))
+
+
+def test_a_profile_no_file_defines_is_an_error(tmp_path):
+    text = claim("head_ablation: {}", "accuracy_at_least: {model: scratch, value: 0.9}")
+    [err] = errors(tmp_path, text, profile="paperr")
+    assert str(err) == "<input>: profile: unknown profile 'paperr' (allowed: ci, paper; did you mean 'paper'?)"
+    assert load(tmp_path, text, profile="ci")  # the base profile always exists
+    # a profile that only a fixture the claims do not use defines (corpus.yaml: nightly) does not count
+    [err] = errors(tmp_path, text, profile="nightly")
+    assert err.allowed == ("ci", "paper")
+
+
+def test_cli_validate_unknown_profile_exits_2(capsys):
+    rc = cli.main(["validate", str(REPO / "claims"), "--profile", "paperr"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert err.splitlines() == ["error: <command line>: profile: unknown profile 'paperr' (allowed: ci, paper; "
+                                "did you mean 'paper'?)", "1 problem found; nothing was run."]
+
+
+def test_cli_validate_unknown_profile_in_a_subprocess():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "mechcheck.cli", "validate", "claims/", "--profile", "paperr"],
+                       cwd=REPO, capture_output=True, text=True, env=env)
+    assert r.returncode == 2, r.stderr
+    assert ("error: <command line>: profile: unknown profile 'paperr' (allowed: ci, paper; did you mean "
+            "'paper'?)") in r.stderr.splitlines()
 
 
 @pytest.mark.parametrize("profile", ["ci", "paper"])

@@ -21,7 +21,7 @@ from mechcheck.registry import CHECKS, EXPERIMENTS, RECIPES, TASKS, Param, Regis
 from mechcheck.spec import CheckSpec, ClaimSpec, DataSpec, ExperimentSpec, ModelSpec, TaskSpec, TrainSpec
 from mechcheck.spec.cross import check_experiment, check_shapes, declared_shape
 from mechcheck.spec.kinds import _BAD, _Refs, _fields, _get
-from mechcheck.spec.profiles import check_profile_name, profiled
+from mechcheck.spec.profiles import check_profile_name, profiled, unknown_profile
 from mechcheck.spec.yaml import YList, YMap, _F, _item_line, _p, _show, parse
 
 # ---- schemas of the fixed sections (the registry's `Param` doubles as a field declaration) -------------
@@ -83,6 +83,7 @@ class _Loader:
         self._docs: dict[Path, YMap | None] = {}
         self._fixtures: dict[Path, Any] = {}
         self._resolving: list[tuple[Path, str]] = []  # named fixtures being built, to catch `from` cycles
+        self.defined: set[str] = set()  # the profile names that the files read so far define
 
     def doc(self, path: Path) -> YMap | None:
         """File `path` parsed (once per load)."""
@@ -94,7 +95,9 @@ class _Loader:
     def profiled(self, m: YMap, keys: Sequence[str], overlay_keys: Sequence[str], f: _F, prefix: str,
                  single: Sequence[str] = ()) -> tuple[YMap, tuple[str, ...]]:
         """`m` with the selected profile's overlay merged in, and the profile names it defines (`profiles.profiled`)."""
-        return profiled(m, keys, overlay_keys, f, prefix, self.profile, single)
+        m, names = profiled(m, keys, overlay_keys, f, prefix, self.profile, single)
+        self.defined.update(names)
+        return m, names
 
     def ref(self, kind: str, v: Any, f: _F, line: int | None, path: str, default_name: str,
             fx: Path | None) -> Any:
@@ -364,7 +367,8 @@ def load_claims(paths: Sequence[str | Path], profile: str = "ci", fixtures_dir: 
     """Load and validate the claims under `paths` and the fixtures they use, with `profile` applied.
 
     Raises one `SpecErrors` with every error of every file. `fixtures_dir` None: the nearest `fixtures/`
-    directory above each claim file.
+    directory above each claim file. A `profile` that none of the files read defines (the claim files and the
+    fixture files they use; `ci` always exists) is an error too (field path `profile`, no file).
     """
     check_profile_name(profile)
     ld, claims, first = _Loader(profile), [], {}
@@ -381,7 +385,8 @@ def load_claims(paths: Sequence[str | Path], profile: str = "ci", fixtures_dir: 
             first[cid] = f"{path}:{doc.val_line('id')}"
         if spec is not None:
             claims.append(spec)
-    _raise_if(ld.errors)
+    missing = unknown_profile(profile, ld.defined)
+    _raise_if(([missing] if missing else []) + ld.errors)
     return claims
 
 
