@@ -51,6 +51,7 @@ EXP, FIRST = 11, 13  # the experiment's line and the first check's line in `clai
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
+    """Write `files` (path -> dedented text) under `root`; return root."""
     for rel, text in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -59,11 +60,13 @@ def write(root: Path, files: dict[str, str]) -> Path:
 
 
 def load(tmp_path: Path, text: str, profile: str = "ci"):
+    """The claims of a project with `FIXTURES` and the claim file `text`."""
     root = write(tmp_path, {**FIXTURES, "claims/c.yaml": text})
     return load_claims([root / "claims"], profile=profile)
 
 
 def errors(tmp_path: Path, text: str, profile: str = "ci") -> list:
+    """The `SpecError`s of loading that project (fails if it loads)."""
     with pytest.raises(SpecErrors) as exc:
         load(tmp_path, text, profile)
     return exc.value.errors
@@ -88,7 +91,8 @@ CASES = [
      [f"head [3, 7] does not exist in model 'scratch' {HEAD_RANGE}"]),
     ("head-beyond-model-block",  # the item's own line
      claim("head_ablation: {}", "accuracy_at_least: {model: scratch, value: 0.9}",
-           "effect_at_least:\n      model: scratch\n      heads:\n        - [0, 1]\n        - [4, 0]\n      value: 0.1"),
+           "effect_at_least:\n      model: scratch\n      heads:\n        - [0, 1]\n        - [4, 0]\n"
+           "      value: 0.1"),
      FIRST + 5, "expect[1].effect_at_least.heads[1]", ["head [4, 0] does not exist in model 'scratch'"]),
     ("layer-beyond-model",
      claim("head_ablation: {}", "top_heads_in_layers:\n      model: scratch\n      top: 2\n      layers:\n"
