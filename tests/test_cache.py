@@ -145,7 +145,7 @@ def test_get_missing_returns_none(cache):
 def test_put_get_round_trip(cache, model):
     key = cache_key(PAYLOAD)
     path = cache.put(key, model, PAYLOAD, INFO)
-    assert path == cache.entry(key) == cache.root / key[:2] / key
+    assert path == cache.entry(key) == cache.root / "models" / key[:2] / key
     names = {p.name for p in path.iterdir()}
     assert "config.json" in names and "mechcheck.json" in names
     assert any(n.endswith(".safetensors") for n in names)
