@@ -8,7 +8,9 @@ Recipes (registered in `RECIPES`):
   load      a local Hugging Face directory (safetensors) or a hub id; never trained, never cached
 
 A fixture's cache key covers its normalised recipe, its task generator's version, the seed and the keys of
-the fixtures it depends on, so a change anywhere upstream rebuilds everything downstream of it.
+the fixtures it depends on, so a change anywhere upstream rebuilds everything downstream of it. A missing
+fixture is trained while holding its key's cache lock (one builder per key across processes), resuming the
+training state a killed run saved.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any]
     if hit is None:
         def on_wait(holder: str) -> None:
             if ctx.console is not None:
-                ctx.console.print(f"  waiting for {holder}, which is building {label}", highlight=False,
+                ctx.console.print(f"waiting for {holder}, which is building {label}", highlight=False,
                                   soft_wrap=True)
 
         with ctx.cache.lock(key, on_wait=on_wait):
