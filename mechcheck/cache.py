@@ -155,11 +155,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait(_holder(path))
+            if not _try_lock(fd, path, on_wait):
                 fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -172,13 +168,36 @@ class Store:
             os.close(fd)  # releases the flock
 
 
-def _holder(path: Path) -> str:
-    """Who holds the lock at `path`, as its lock file says ("another process" when it does not say yet)."""
+def _try_lock(fd: int, path: Path, on_wait: Callable[[str], None] | None) -> bool:
+    """Take the flock on `fd` if it is free (True); else tell `on_wait` who holds it and return False.
+
+    A holder writes its name just after taking the lock, so an empty file is re-read for up to 2 s
+    (taking the lock if it frees meanwhile) before the holder is called "another process".
+    """
+    import fcntl
+
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        holder = _holder(path)
+        if holder is not None or time.monotonic() > deadline:
+            if on_wait is not None:
+                on_wait(holder or "another process")
+            return False
+        time.sleep(0.01)
+
+
+def _holder(path: Path) -> str | None:
+    """Who holds the lock at `path`, as its lock file says; None when it does not say (yet)."""
     try:
         info = json.loads(path.read_text())
         return f"process {info['pid']} on {info['host']} since {info['since']}"
     except (OSError, ValueError, KeyError, TypeError):
-        return "another process"  # it holds the flock but has not written its name yet
+        return None
 
 
 class ModelCache:

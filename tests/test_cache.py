@@ -468,6 +468,40 @@ def test_a_waiter_is_told_once_who_holds_the_lock_then_gets_it(tmp_path, holder)
     assert len(told) == 1
 
 
+@pytest.mark.parametrize("writes_name", [True, False])
+def test_a_waiter_rereads_a_lock_file_its_holder_has_not_written_yet(tmp_path, writes_name):
+    """Two builders started together: the waiter may read the lock file between the holder's flock and its
+    write. It reads again (up to 2 s) instead of naming nobody; a holder that never writes is "another
+    process". (flock excludes two open file descriptions even within one process, so a thread can wait.)"""
+    store = Store(tmp_path, "models")
+    lock_file = tmp_path / "locks" / f"{KEY}.lock"
+    lock_file.parent.mkdir(parents=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held, name not written yet
+    told: list[str] = []
+    acquired = threading.Event()
+
+    def wait_for_lock() -> None:
+        with store.lock(KEY, on_wait=told.append):
+            acquired.set()
+
+    waiter = threading.Thread(target=wait_for_lock, daemon=True)
+    try:
+        waiter.start()
+        time.sleep(0.3)
+        assert told == [] and not acquired.is_set()
+        if writes_name:
+            os.pwrite(fd, json.dumps({"pid": 4242, "host": "elsewhere", "since": "now"}).encode(), 0)
+        deadline = time.monotonic() + 30
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert told == (["process 4242 on elsewhere since now"] if writes_name else ["another process"])
+    finally:
+        os.close(fd)
+    assert acquired.wait(30)
+    waiter.join(30)
+
+
 def test_a_lock_held_by_a_killed_process_is_free(tmp_path, holder):
     lock_file = tmp_path / "locks" / f"{KEY}.lock"
     assert not _can_lock_now(lock_file)
