@@ -212,11 +212,10 @@ def test_a_state_saved_for_something_else_is_not_resumed(task, tmp_path, change)
     elif change == "lr":
         spec = TrainSpec(**{**spec.__dict__, "lr": 1e-3})
     else:
-        model = _model(task, n_embd=32, initializer_range=0.05)  # same shapes, other starting weights
         import torch
 
         with torch.no_grad():
-            model.transformer.wte.weight.mul_(2)
+            model.transformer.wte.weight.mul_(2)  # same shapes, other starting weights
     info = train(model, task, spec, seed, "cpu", checkpoint=checkpoint)
     assert info["resumed_from_step"] == 0
     assert "another recipe" in info["ignored_state"][0]
