@@ -8,7 +8,9 @@ Recipes (registered in `RECIPES`):
   load      a local Hugging Face directory (safetensors) or a hub id; never trained, never cached
 
 A fixture's cache key covers its normalised recipe, its task generator's version, the seed and the keys of
-the fixtures it depends on, so a change anywhere upstream rebuilds everything downstream of it.
+the fixtures it depends on, so a change anywhere upstream rebuilds everything downstream of it. A missing
+fixture is trained while holding its key's cache lock (one builder per key across processes), resuming the
+training state a killed run saved.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class BuildContext:
     console: Any = None
     #: torch threads while training (1: bit-reproducible replicates; see mechcheck.train)
     train_threads: int | None = 1
+    #: seconds of training between saves of a resumable state (None: $MECHCHECK_CHECKPOINT_EVERY, else 120)
+    checkpoint_every: float | None = None
     #: fixture key -> Built, so a fixture shared by several claims (or a parent shared by several
     #: children) is built or loaded once per run
     memo: dict[str, Built] = field(default_factory=dict)
@@ -117,9 +121,11 @@ def build_model(spec, seed: int, ctx: BuildContext) -> Built:
 
 
 def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any], init) -> Built:
-    """Shared tail of the training recipes: cache lookup, else init() + train + store."""
-    from mechcheck.train import train
+    """Shared tail of the training recipes: cache lookup, else (holding the key's lock) init() + train + store.
 
+    The lock keeps two processes sharing a cache (two runs, pytest-xdist workers) from training the same
+    fixture at once: the second waits, then finds the first one's entry.
+    """
     # Where and how a model was trained changes its bits (CUDA vs CPU kernels; how many threads split each
     # reduction), so it is part of the key: one key, one set of weights.
     from mechcheck.train import VERSION as TRAIN_VERSION
@@ -130,27 +136,52 @@ def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any]
     if key in ctx.memo:
         return ctx.memo[key]
     task = make_task(spec.task)
+    label = f"{spec.recipe} {spec.name} (seed {seed})"
     hit = ctx.cache.get(key)
-    if hit is not None:
-        path, meta = hit
-        from mechcheck.models import load_checkpoint
+    if hit is None:
+        def on_wait(holder: str) -> None:
+            if ctx.console is not None:
+                ctx.console.print(f"waiting for {holder}, which is building {label}", highlight=False,
+                                  soft_wrap=True)
 
+        with ctx.cache.lock(key, on_wait=on_wait):
+            hit = ctx.cache.get(key)  # the process we waited for has usually stored it by now
+            built = _train_and_store(spec, seed, ctx, payload, init, key, task, label) if hit is None else None
+    if hit is not None:
+        from mechcheck.models import load_checkpoint
+        from mechcheck.train import Checkpoint
+
+        path, meta = hit
+        # A run killed between storing the model and deleting its training state left that state behind.
+        Checkpoint(ctx.cache.partial_dir(key)).clear()
         built = Built(load_checkpoint(str(path), local=True), key, spec.recipe, True, meta.get("info", {}), task,
                       (str(path), True, None))
-    else:
-        model = init()
-        label = f"{spec.recipe} {spec.name} (seed {seed})"
-        info = train(model, task, spec.train, seed, ctx.device, label=label, console=ctx.console,
-                     threads=ctx.train_threads)
-        model.to("cpu")
-        ctx.cache.put(key, model, payload, info)
-        path, meta = ctx.cache.get(key)
-        built = Built(model, key, spec.recipe, False, info, task, (str(path), True, None))
-    # The weights' hash lets two reports show whether they measured the very same model (cache keys say
-    # "same recipe"; this says "same bits").
-    built.info = {**built.info, "weights_sha256": meta["files"].get("model.safetensors")}
+        # The weights' hash lets two reports show whether they measured the very same model (cache keys say
+        # "same recipe"; this says "same bits").
+        built.info = {**built.info, "weights_sha256": meta["files"].get("model.safetensors")}
     ctx.memo[key] = built
     return built
+
+
+def _train_and_store(spec, seed: int, ctx: BuildContext, payload: dict[str, Any], init, key: str, task: Task,
+                     label: str) -> Built:
+    """Train a fresh model (resuming a state a killed run saved), store it, and drop the resumable state."""
+    from mechcheck.train import Checkpoint, train
+
+    checkpoint = Checkpoint(ctx.cache.partial_dir(key), ctx.checkpoint_every, fingerprint=key)
+    model = init()
+    info = train(model, task, spec.train, seed, ctx.device, label=label, console=ctx.console,
+                 threads=ctx.train_threads, checkpoint=checkpoint)
+    model.to("cpu")
+    ctx.cache.put(key, model, payload, info)
+    hit = ctx.cache.get(key)
+    if hit is None:
+        raise RuntimeError(f"{label}: the model just stored under {ctx.cache.entry(key)} does not verify; "
+                           "check the disk (full? failing?) and run again")
+    checkpoint.clear()  # only now: until the entry is in place, the state is what a rerun would resume
+    path, meta = hit
+    return Built(model, key, spec.recipe, False, {**info, "weights_sha256": meta["files"].get("model.safetensors")},
+                 task, (str(path), True, None))
 
 
 def _random_init(spec, seed: int):

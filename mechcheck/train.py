@@ -14,19 +14,27 @@ different sets of weights (final loss 0.0796 vs 0.0974) depending on what the pr
 with MKL's dynamic threading off, because which threads split a reduction changes its rounding, and training
 amplifies the difference. Single-threaded training gave identical weights every time, at 1.75x the time
 (24 s vs 14 s per 100 steps). Pass more threads when speed matters more than bit-identical replicates.
+
+Resuming: with a `Checkpoint`, training saves its whole state (weights, AdamW, scheduler, both RNGs, history;
+`mechcheck.train_state`) every `every_s` seconds and when interrupted by KeyboardInterrupt, and a later call
+with the same checkpoint continues from it. Each step depends only on that state, so a resumed run ends with
+exactly the bits of an uninterrupted one (same machine, same threads), and the cache key and weight hash of
+a fixture do not depend on whether its training was interrupted.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from mechcheck.tasks import Task, TaskBatch
+from mechcheck.train_state import Checkpoint
 
-__all__ = ["lm_inputs", "lm_loss", "train", "VERSION"]
+__all__ = ["Checkpoint", "lm_inputs", "lm_loss", "train", "VERSION"]
 
 #: Bump whenever the same recipe and seed would train different weights (it is part of every cache key).
 #: 2: the `lm` loss no longer shifts the labels twice (version 1 trained pretrain fixtures two tokens ahead);
@@ -82,11 +90,16 @@ def _accuracy(model, batch: TaskBatch, device: str) -> float:
 
 
 def train(model, task: Task, spec: Any, seed: int, device: str, label: str = "training",
-          console: Any = None, threads: int | None = 1) -> dict[str, Any]:
+          console: Any = None, threads: int | None = 1, *, checkpoint: Checkpoint | None = None,
+          progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train `model` in place on `task` as `spec` (a `mechcheck.spec.TrainSpec`) says; returns a summary.
 
     Shows a rich progress bar (step, loss, accuracy) when `console` is a terminal, nothing otherwise.
     `threads`: torch threads while training (None: leave as is); see the module docstring.
+    `checkpoint`: save a resumable state there every `checkpoint.interval()` seconds and on KeyboardInterrupt,
+    and resume from a usable one (see the module docstring); the summary's `resumed_from_step` says from
+    which step (0: from the start). `progress(done, total, {"loss", "accuracy"})`: called after every step
+    (accuracy None until the first evaluation), e.g. to forward progress out of a worker process.
     """
     import torch
 
@@ -94,16 +107,23 @@ def train(model, task: Task, spec: Any, seed: int, device: str, label: str = "tr
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _train(model, task, spec, seed, device, label, console)
+        return _train(model, task, spec, seed, device, label, console, threads, checkpoint, progress)
     finally:
         torch.set_num_threads(previous)
 
 
-def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, console: Any) -> dict[str, Any]:
+def _say(console: Any, message: str) -> None:
+    if console is not None:
+        console.print(message, highlight=False, soft_wrap=True)
+
+
+def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, console: Any, threads: int | None,
+           checkpoint: Checkpoint | None, progress: Callable | None) -> dict[str, Any]:
     import torch
     from mechcheck.progress import progress_bar
 
     from mechcheck.models import answer_logits, pin_mkl_threads
+    from mechcheck.train_state import fingerprint, load_state, save_state
 
     pin_mkl_threads()
     torch.manual_seed(seed)
@@ -116,42 +136,113 @@ def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, con
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     loss_value, acc = float("nan"), float("nan")
+    start, seconds_before, extra = 0, 0.0, {}
+    cuda = device.startswith("cuda")
 
-    progress = progress_bar(console, "loss {task.fields[loss]}  acc {task.fields[acc]}")
-    with progress:
-        bar = progress.add_task(label, total=spec.steps, loss="-", acc="-")
-        for step in range(spec.steps):
-            if fixed is not None:
-                batch = fixed.subset(rng.integers(0, len(fixed), spec.batch_size))
+    if checkpoint is not None:
+        # Before any state is loaded: the initial weights are part of what a state must belong to.
+        state_id = fingerprint(checkpoint.fingerprint, spec, seed, device, threads, VERSION, model)
+        every_s = checkpoint.interval()
+        state, notes = load_state(checkpoint.dir, state_id, model, opt, sched)
+        for note in notes:
+            _say(console, f"{label}: {note}; training from step 0" if state is None else f"{label}: {note}")
+        if notes:
+            extra["ignored_state"] = notes
+        if state is not None:
+            start, history, seconds_before = state.step, state.history, state.seconds
+            loss_value, acc = state.loss, state.accuracy
+            rng.bit_generator.state = state.numpy_rng
+            torch.set_rng_state(state.torch_rng)
+            if cuda and state.cuda_rng is not None:
+                torch.cuda.set_rng_state(state.cuda_rng, device)
+            _say(console, f"{label}: resuming from step {start} of {spec.steps} ({state.path})")
+
+        def save(done: int, rng_states: tuple) -> None:
+            numpy_state, torch_state, cuda_state = rng_states
+            save_state(checkpoint.dir, fingerprint=state_id, step=done, model=model, optimizer=opt, scheduler=sched,
+                       numpy_rng=numpy_state, torch_rng=torch_state, cuda_rng=cuda_state, history=history,
+                       loss=loss_value, accuracy=acc, seconds=seconds_before + time.perf_counter() - t0)
+
+    def rng_now() -> tuple:
+        return (rng.bit_generator.state, torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
+
+    def finish_step(step: int, loss) -> None:
+        """Record the loss and, when due, the accuracy of step `step` (idempotent: an interrupt may redo it)."""
+        nonlocal loss_value, acc
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"{label}: loss became {loss_value} at step {step} (lower the lr?)")
+        due = (step + 1) % spec.eval_every == 0 or step + 1 == spec.steps
+        if due and not (history and history[-1]["step"] == step + 1):
+            model.eval()
+            acc = _accuracy(model, held_out, device)
+            model.train()
+            history.append({"step": step + 1, "loss": round(loss_value, 5), "accuracy": round(acc, 4)})
+
+    # Where an interrupt lands decides what can be saved: during "compute" nothing persistent has changed
+    # since the step began (but the RNGs have moved: `at_start` holds them); during "update" the optimizer
+    # is half-way through its parameters, so nothing consistent exists; from "after" on the weights are
+    # those of step + 1 and only the bookkeeping may be missing.
+    phase, done, at_start, loss = "between", start, None, None
+    last_save = time.monotonic()
+    bar_view = progress_bar(console, "loss {task.fields[loss]}  acc {task.fields[acc]}")
+    try:
+        with bar_view:
+            bar = bar_view.add_task(label, total=spec.steps, completed=start, loss="-", acc="-")
+            for step in range(start, spec.steps):
+                if checkpoint is not None:
+                    at_start = rng_now()
+                phase = "compute"
+                if fixed is not None:
+                    batch = fixed.subset(rng.integers(0, len(fixed), spec.batch_size))
+                else:
+                    batch = task.sample(spec.batch_size, "train", int(rng.integers(0, 2**31 - 1)))
+                if spec.loss == "lm":
+                    tokens, labels = lm_inputs(batch)
+                    loss = lm_loss(model, torch.as_tensor(tokens, device=device),
+                                   torch.as_tensor(labels, device=device))
+                else:
+                    # the output head at the answer position only (the rest of the logits would be thrown away)
+                    answer = answer_logits(model, torch.as_tensor(batch.tokens, device=device),
+                                           torch.as_tensor(batch.answer_pos, device=device))  # (B, V)
+                    loss = torch.nn.functional.cross_entropy(answer,
+                                                             torch.as_tensor(batch.answer_ids, device=device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+                phase = "update"
+                opt.step()
+                sched.step()
+                phase = "after"
+                finish_step(step, loss)
+                done, phase = step + 1, "between"
+                shown_acc = None if math.isnan(acc) else acc
+                bar_view.update(bar, advance=1, loss=f"{loss_value:.3f}",
+                                acc="-" if shown_acc is None else f"{shown_acc:.2f}")
+                if progress is not None:
+                    progress(done, spec.steps, {"loss": loss_value, "accuracy": shown_acc})
+                if checkpoint is not None and done < spec.steps and time.monotonic() - last_save >= every_s:
+                    save(done, rng_now())
+                    last_save = time.monotonic()
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            if phase == "compute":
+                save(done, at_start)
+            elif phase in ("after", "between"):
+                if phase == "after":
+                    finish_step(done, loss)
+                    done += 1
+                save(done, rng_now())
             else:
-                batch = task.sample(spec.batch_size, "train", int(rng.integers(0, 2**31 - 1)))
-            if spec.loss == "lm":
-                tokens, labels = lm_inputs(batch)
-                loss = lm_loss(model, torch.as_tensor(tokens, device=device), torch.as_tensor(labels, device=device))
-            else:
-                # the output head at the answer position only (the rest of the logits would be thrown away)
-                answer = answer_logits(model, torch.as_tensor(batch.tokens, device=device),
-                                       torch.as_tensor(batch.answer_pos, device=device))  # (B, V)
-                loss = torch.nn.functional.cross_entropy(answer, torch.as_tensor(batch.answer_ids, device=device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            opt.step()
-            sched.step()
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"{label}: loss became {loss_value} at step {step} (lower the lr?)")
-            if (step + 1) % spec.eval_every == 0 or step + 1 == spec.steps:
-                model.eval()
-                acc = _accuracy(model, held_out, device)
-                model.train()
-                history.append({"step": step + 1, "loss": round(loss_value, 5), "accuracy": round(acc, 4)})
-            progress.update(bar, advance=1, loss=f"{loss_value:.3f}", acc="-" if math.isnan(acc) else f"{acc:.2f}")
+                _say(console, f"{label}: interrupted inside an optimizer step; the state saved before it is kept")
+        raise
     model.eval()
     return {
         "steps": spec.steps,
         "final_loss": loss_value,
         "train_accuracy": acc,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(seconds_before + time.perf_counter() - t0, 2),
         "history": history,
+        "resumed_from_step": start,
+        **extra,
     }

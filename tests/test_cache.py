@@ -1,14 +1,22 @@
-"""The content-addressed model cache: keys, location, verified round trips, corruption and races."""
+"""The content-addressed stores: keys, location, verified round trips, corruption, races and per-key locks."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from mechcheck.cache import CACHE_FORMAT, ModelCache, cache_key, default_cache_dir
+from conftest import REPO
+from mechcheck.cache import CACHE_FORMAT, ModelCache, Store, cache_key, default_cache_dir
 from mechcheck.models import CheckpointError, build_gpt2, check_checkpoint_dir, load_checkpoint
 
 PAYLOAD = {
@@ -145,7 +153,7 @@ def test_get_missing_returns_none(cache):
 def test_put_get_round_trip(cache, model):
     key = cache_key(PAYLOAD)
     path = cache.put(key, model, PAYLOAD, INFO)
-    assert path == cache.entry(key) == cache.root / key[:2] / key
+    assert path == cache.entry(key) == cache.root / "models" / key[:2] / key
     names = {p.name for p in path.iterdir()}
     assert "config.json" in names and "mechcheck.json" in names
     assert any(n.endswith(".safetensors") for n in names)
@@ -305,6 +313,205 @@ def test_put_over_an_empty_directory(cache, model):
     cache.entry(key).mkdir(parents=True)
     path = cache.put(key, model, PAYLOAD, INFO)
     assert cache.get(key) is not None and cache.get(key)[0] == path
+
+
+# --------------------------------------------------------------------------------------------------------
+# the generic Store (what the model cache and other kinds of entries are built on)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _write_arrays(tmp: Path) -> None:
+    (tmp / "a.bin").write_bytes(bytes(range(256)))
+    (tmp / "sub").mkdir()
+    (tmp / "sub" / "b.json").write_text('{"x": 1}')
+
+
+def test_store_round_trip_layout_and_metadata(tmp_path):
+    store = Store(tmp_path, "measurements")
+    key = cache_key({"what": "effects", "seed": 0})
+    assert store.get(key) is None
+    path = store.put(key, _write_arrays, {"payload": {"what": "effects"}, "shape": [2, 3]})
+    assert path == store.entry(key) == tmp_path / "measurements" / key[:2] / key
+    got_path, meta = store.get(key)
+    assert got_path == path
+    assert meta["key"] == key and meta["payload"] == {"what": "effects"} and meta["shape"] == [2, 3]
+    assert set(meta["files"]) == {"a.bin", "sub/b.json"}  # files in sub-folders are hashed too
+    assert (path / "sub" / "b.json").read_text() == '{"x": 1}'
+    assert store.partial_dir(key) == tmp_path / "partial" / key
+    assert not store.partial_dir(key).exists()  # a path, created by whoever saves work in progress
+    assert ModelCache(tmp_path).get(key) is None  # kinds do not see each other's entries
+
+
+def test_store_nested_file_corruption_is_removed(tmp_path):
+    store = Store(tmp_path, "measurements")
+    key = cache_key({"n": 1})
+    path = store.put(key, _write_arrays, {})
+    (path / "sub" / "b.json").write_text('{"x": 2}')
+    assert store.get(key) is None and not path.exists()
+
+
+def test_store_refuses_writers_that_write_nothing_or_its_metadata(tmp_path):
+    store = Store(tmp_path, "measurements")
+    key = cache_key({"n": 2})
+    with pytest.raises(ValueError, match="wrote no files"):
+        store.put(key, lambda tmp: None, {})
+    with pytest.raises(ValueError, match="mechcheck.json"):
+        store.put(key, lambda tmp: (tmp / "mechcheck.json").write_text("{}"), {})
+    with pytest.raises(ValueError, match="reserved"):
+        store.put(key, _write_arrays, {"files": {}})
+    assert store.get(key) is None
+    assert [p.name for p in store.entry(key).parent.iterdir()] == [], "no temporary directory is left behind"
+
+
+def test_store_writer_failure_leaves_nothing(tmp_path):
+    store = Store(tmp_path, "measurements")
+    key = cache_key({"n": 3})
+
+    def fail(tmp: Path) -> None:
+        (tmp / "half.bin").write_bytes(b"12")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        store.put(key, fail, {})
+    assert store.get(key) is None and list(store.entry(key).parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["", "locks", "partial", "a/b", ".hidden"])
+def test_store_kind_must_be_a_plain_folder_name(tmp_path, kind):
+    with pytest.raises(ValueError, match="kind"):
+        Store(tmp_path, kind)
+
+
+def test_old_layout_entries_are_not_found(cache, model):
+    """Format-1 entries (root/<key[:2]>/<key>/) are simply not seen: the key covers CACHE_FORMAT."""
+    key = cache_key(PAYLOAD)
+    old = cache.root / key[:2] / key
+    model.save_pretrained(old, safe_serialization=True)
+    assert cache.get(key) is None
+    assert cache.put(key, model, PAYLOAD, INFO) == cache.root / "models" / key[:2] / key
+
+
+# --------------------------------------------------------------------------------------------------------
+# per-key locks across processes
+# --------------------------------------------------------------------------------------------------------
+
+KEY = cache_key({"locked": True})
+HOLDER = textwrap.dedent("""
+    import sys
+    from mechcheck.cache import Store
+    with Store(sys.argv[1], "models").lock(sys.argv[2]):
+        print("locked", flush=True)
+        sys.stdin.readline()  # hold the lock until the test says so
+""")
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Start a process that takes the lock for KEY in tmp_path's store; yields the Popen once it holds it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), KEY], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "locked", "the holder process did not get the lock"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+def _can_lock_now(path: Path) -> bool:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # also releases it when taken
+    return True
+
+
+def test_lock_excludes_another_process_and_names_it(tmp_path, holder):
+    lock_file = tmp_path / "locks" / f"{KEY}.lock"
+    assert not _can_lock_now(lock_file)
+    info = json.loads(lock_file.read_text())
+    assert info["pid"] == holder.pid and info["host"] and info["since"]
+    holder.communicate("release\n", timeout=30)
+    assert holder.returncode == 0
+    assert _can_lock_now(lock_file)
+    assert lock_file.exists(), "lock files stay in place (deleting one races with waiters)"
+    assert lock_file.read_text() == "", "a released lock no longer names its last holder"
+
+
+def test_a_waiter_is_told_once_who_holds_the_lock_then_gets_it(tmp_path, holder):
+    store = Store(tmp_path, "models")
+    told: list[str] = []
+    acquired = threading.Event()
+
+    def wait_for_lock() -> None:
+        with store.lock(KEY, on_wait=told.append):
+            acquired.set()
+
+    waiter = threading.Thread(target=wait_for_lock, daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while not told and time.monotonic() < deadline:
+        time.sleep(0.01)
+    info = json.loads((tmp_path / "locks" / f"{KEY}.lock").read_text())
+    assert told == [f"process {holder.pid} on {info['host']} since {info['since']}"]
+    time.sleep(0.2)
+    assert not acquired.is_set(), "the lock was taken while another process held it"
+    holder.stdin.write("release\n")
+    holder.stdin.flush()
+    assert acquired.wait(30), "the waiter never got the lock after the holder released it"
+    waiter.join(30)
+    assert len(told) == 1
+
+
+@pytest.mark.parametrize("writes_name", [True, False])
+def test_a_waiter_rereads_a_lock_file_its_holder_has_not_written_yet(tmp_path, writes_name):
+    """Two builders started together: the waiter may read the lock file between the holder's flock and its
+    write. It reads again (up to 2 s) instead of naming nobody; a holder that never writes is "another
+    process". (flock excludes two open file descriptions even within one process, so a thread can wait.)"""
+    store = Store(tmp_path, "models")
+    lock_file = tmp_path / "locks" / f"{KEY}.lock"
+    lock_file.parent.mkdir(parents=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held, name not written yet
+    told: list[str] = []
+    acquired = threading.Event()
+
+    def wait_for_lock() -> None:
+        with store.lock(KEY, on_wait=told.append):
+            acquired.set()
+
+    waiter = threading.Thread(target=wait_for_lock, daemon=True)
+    try:
+        waiter.start()
+        time.sleep(0.3)
+        assert told == [] and not acquired.is_set()
+        if writes_name:
+            os.pwrite(fd, json.dumps({"pid": 4242, "host": "elsewhere", "since": "now"}).encode(), 0)
+        deadline = time.monotonic() + 30
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert told == (["process 4242 on elsewhere since now"] if writes_name else ["another process"])
+    finally:
+        os.close(fd)
+    assert acquired.wait(30)
+    waiter.join(30)
+
+
+def test_a_lock_held_by_a_killed_process_is_free(tmp_path, holder):
+    lock_file = tmp_path / "locks" / f"{KEY}.lock"
+    assert not _can_lock_now(lock_file)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=30)
+    assert _can_lock_now(lock_file), "the OS did not release the flock of a killed process"
+    told: list[str] = []
+    with Store(tmp_path, "models").lock(KEY, on_wait=told.append):
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+    assert told == [], "nobody held the lock, yet the caller was told to wait"
 
 
 # --------------------------------------------------------------------------------------------------------
