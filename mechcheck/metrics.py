@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["METRICS", "answer_metrics"]
+__all__ = ["METRICS", "answer_metrics", "candidate_metrics"]
 
 METRICS = ("accuracy", "logit_diff")
 
@@ -19,7 +19,15 @@ def answer_metrics(logits, answer_pos, candidates, target) -> dict[str, np.ndarr
     import torch
 
     rows = torch.arange(logits.shape[0], device=logits.device)
-    cand = logits[rows, answer_pos][:, candidates].float()  # (B, C)
+    return candidate_metrics(logits[rows, answer_pos][:, candidates].float(), target)
+
+
+def candidate_metrics(cand, target) -> dict[str, np.ndarray]:
+    """Per-example accuracy and logit difference from the candidates' logits `cand` (B, C) and `target` (B,)."""
+    import torch
+
+    rows = torch.arange(cand.shape[0], device=cand.device)
+    cand = cand.float()
     correct = cand[rows, target]
     others = cand.clone()
     others[rows, target] = -torch.inf

@@ -1,0 +1,203 @@
+"""Sites: where an intervention reads or writes, by TransformerLens' canonical names, in each architecture.
+
+A site is named as TransformerLens names its hook points, so a claim, a report and a TransformerLens notebook
+speak of the same activation:
+
+  blocks.{L}.attn.hook_z        (B, T, H, d_head)  each head's output before the output projection W_O
+  blocks.{L}.attn.hook_pattern  (B, H, Tq, Tk)     attention probabilities (read only)
+  blocks.{L}.attn.o.hook_out    (B, T, d_model)    attention output after W_O (and b_O), before the residual add
+                                                   (alias: blocks.{L}.hook_attn_out)
+  blocks.{L}.hook_resid_pre     (B, T, d_model)    the residual stream entering block L
+  blocks.{L}.hook_resid_mid     (B, T, d_model)    after attention's residual add (pre-LN GPT-2 only; read only)
+  blocks.{L}.hook_resid_post    (B, T, d_model)    the residual stream leaving block L
+  blocks.{L}.mlp.hook_post      (B, T, d_mlp)      MLP neurons, after the nonlinearity
+
+Each architecture's `Adapter` says which Hugging Face module holds each site and how to run the model from
+a block on, so interventions hook the Hugging Face modules directly (no reimplementation of the model, and no
+wrapper in between: the TransformerLens bridge rebuilds the module tree in place and costs ~1.2x per forward).
+The known quirks live here and nowhere else:
+
+- GPT-2 is pre-LN: ``hook_resid_mid`` is the input of ``ln_2``; the final ``ln_f`` follows the last block.
+- BERT is post-LN: the attention output after W_O (``attention.output.dense``) is added to the block input
+  *inside* a LayerNorm, so ``attn.o.hook_out`` is that dense output before the add-and-norm, and a block's
+  ``hook_resid_post`` is its LayerNorm'd output. BERT has no ``hook_resid_mid`` and no final norm; it reads the
+  whole padded prompt in both directions, so it gets an attention mask of the non-pad prefix.
+- all-MiniLM-style checkpoints name the bare `BertModel`; `models.load_checkpoint` loads them with their MLM head.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Site", "Adapter", "adapter_for", "SITE_FORMS", "shape_of_config"]
+
+#: suffix after ``blocks.{L}.`` -> site kind
+_SUFFIX_KIND = {
+    "attn.hook_z": "z",
+    "attn.hook_pattern": "pattern",
+    "attn.o.hook_out": "attn_out",
+    "hook_attn_out": "attn_out",
+    "hook_resid_pre": "resid_pre",
+    "hook_resid_mid": "resid_mid",
+    "hook_resid_post": "resid_post",
+    "mlp.hook_post": "mlp_post",
+}
+_KIND_SUFFIX = {"z": "attn.hook_z", "pattern": "attn.hook_pattern", "attn_out": "attn.o.hook_out",
+                "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
+                "mlp_post": "mlp.hook_post"}
+SITE_FORMS = tuple(f"blocks.{{L}}.{s}" for s in _SUFFIX_KIND)
+_SITE_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+#: sites whose value can only be read (writing them would need the model's own code to be redone)
+READ_ONLY = ("pattern", "resid_mid")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One activation of one layer: ``Site(3, "z")`` is ``blocks.3.attn.hook_z``."""
+
+    layer: int
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KIND_SUFFIX:
+            raise ValueError(f"unknown site kind {self.kind!r} (allowed: {', '.join(_KIND_SUFFIX)})")
+        if self.layer < 0:
+            raise ValueError(f"site layer must be >= 0, got {self.layer}")
+
+    @property
+    def name(self) -> str:
+        return f"blocks.{self.layer}.{_KIND_SUFFIX[self.kind]}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, name: str | Site) -> Site:
+        """The site a canonical name denotes; ValueError naming the allowed forms otherwise."""
+        if isinstance(name, Site):
+            return name
+        m = _SITE_RE.match(str(name))
+        if not m or m.group(2) not in _SUFFIX_KIND:
+            raise ValueError(f"unknown site {name!r} (allowed forms: {', '.join(SITE_FORMS)})")
+        return cls(int(m.group(1)), _SUFFIX_KIND[m.group(2)])
+
+
+def shape_of_config(config: Any) -> tuple[int, int]:
+    """(n_layers, n_heads) from a Hugging Face config object or its dict (config.json), without a model."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    for layers, heads in (("n_layer", "n_head"), ("num_hidden_layers", "num_attention_heads")):
+        if get(layers) is not None and get(heads) is not None:
+            return int(get(layers)), int(get(heads))
+    raise ValueError("config has neither n_layer/n_head nor num_hidden_layers/num_attention_heads")
+
+
+class Adapter:
+    """Where the sites of one Hugging Face architecture live, and how to run it from a block on.
+
+    Subclasses name the modules; everything that runs the model calls the Hugging Face modules themselves.
+    """
+
+    #: Hugging Face classes this adapter handles
+    classes: tuple[str, ...] = ()
+    #: whether every position attends to every other (then padding must be masked out)
+    bidirectional = False
+
+    def base(self, model):  # the model without its output head (returns last_hidden_state)
+        raise NotImplementedError
+
+    def blocks(self, model):
+        raise NotImplementedError
+
+    def final_norm(self, model, hidden):
+        """What the base model applies after its last block (GPT-2's ln_f; BERT: nothing)."""
+        return hidden
+
+    def unembed(self, model, hidden):
+        """Output-head logits of hidden states (..., d_model) -> (..., vocab)."""
+        raise NotImplementedError
+
+    def w_o(self, model, layer: int):
+        """The output projection whose *input* is ``hook_z`` (heads concatenated) and whose output is attn_out."""
+        raise NotImplementedError
+
+    def attention(self, model, layer: int):
+        """The module whose output is ``(attn_output, attn_weights)``."""
+        raise NotImplementedError
+
+    def mlp_act(self, model, layer: int):
+        raise NotImplementedError
+
+    def resid_mid_module(self, model, layer: int):
+        raise ValueError(f"{type(self).__name__}: this architecture has no hook_resid_mid")
+
+    def dims(self, model) -> dict[str, int]:
+        cfg = model.config
+        n_layers, n_heads = shape_of_config(cfg)
+        d_model = int(getattr(cfg, "n_embd", None) or cfg.hidden_size)
+        return {"n_layers": n_layers, "n_heads": n_heads, "d_model": d_model, "d_head": d_model // n_heads}
+
+
+class GPT2Adapter(Adapter):
+    classes = ("GPT2LMHeadModel",)
+
+    def base(self, model):
+        return model.transformer
+
+    def blocks(self, model):
+        return model.transformer.h
+
+    def final_norm(self, model, hidden):
+        return model.transformer.ln_f(hidden)
+
+    def unembed(self, model, hidden):
+        return model.lm_head(hidden)
+
+    def w_o(self, model, layer):
+        return model.transformer.h[layer].attn.c_proj
+
+    def attention(self, model, layer):
+        return model.transformer.h[layer].attn
+
+    def mlp_act(self, model, layer):
+        return model.transformer.h[layer].mlp.act
+
+    def resid_mid_module(self, model, layer):
+        return model.transformer.h[layer].ln_2  # its input is the residual stream after attention
+
+
+class BertAdapter(Adapter):
+    classes = ("BertForMaskedLM",)
+    bidirectional = True
+
+    def base(self, model):
+        return model.bert
+
+    def blocks(self, model):
+        return model.bert.encoder.layer
+
+    def unembed(self, model, hidden):
+        return model.cls(hidden)
+
+    def w_o(self, model, layer):
+        return model.bert.encoder.layer[layer].attention.output.dense
+
+    def attention(self, model, layer):
+        return model.bert.encoder.layer[layer].attention.self
+
+    def mlp_act(self, model, layer):
+        return model.bert.encoder.layer[layer].intermediate.intermediate_act_fn
+
+
+_ADAPTERS: tuple[Adapter, ...] = (GPT2Adapter(), BertAdapter())
+
+
+def adapter_for(model) -> Adapter:
+    """The adapter of `model`'s class; ValueError naming the supported classes otherwise."""
+    name = type(model).__name__
+    for a in _ADAPTERS:
+        if name in a.classes:
+            return a
+    supported = ", ".join(c for a in _ADAPTERS for c in a.classes)
+    raise ValueError(f"mechcheck has no intervention sites for {name} yet (supported: {supported})")
