@@ -26,9 +26,11 @@ __all__ = [
 ]
 
 #: Bump when a field changes meaning or is removed; adding optional fields keeps the version.
-SCHEMA_VERSION = 1
+#: 2: estimates carry se, df, scope and per-replicate values; "interrupted" claims; measurement keys.
+SCHEMA_VERSION = 2
 
-OUTCOMES = ("passed", "failed", "inconclusive", "error", "skipped")
+#: verdicts, then "interrupted": a claim the run did not finish (the run was stopped or killed)
+OUTCOMES = ("passed", "failed", "inconclusive", "error", "skipped", "interrupted")
 
 
 def combine_outcomes(outcomes: list[str]) -> str:
@@ -66,15 +68,40 @@ class Estimate:
     estimate: float
     lo: float
     hi: float
-    #: examples per seed the estimate was computed on
+    #: examples per replicate the estimate was computed on (0: a per-replicate statistic)
     n: int
-    #: independently trained replicates (1 for a loaded, untrained model)
+    #: independently trained replicates (1 for a loaded or fixed-seed model)
     n_seeds: int
     level: float = 0.95
-    method: str = "hierarchical bootstrap (seeds, then examples)"
+    method: str = ""
+    #: standard error and degrees of freedom of the t interval (inf: normal)
+    se: float | None = None
+    df: float | None = None
+    #: "recipe" (replicates are trainings of one recipe) or "checkpoint" (about one fixed model)
+    scope: str = "recipe"
+    #: the statistic in each replicate (for a difference: of the first role; `replicates_other`: the second)
+    replicates: list[float] = field(default_factory=list)
+    replicates_other: list[float] = field(default_factory=list)
+    #: why no interval could be given (then the verdict is inconclusive); "" when there is one
+    insufficient: str = ""
 
     def __str__(self) -> str:
+        if self.insufficient:
+            return f"{self.estimate:.3f} [no interval]"
         return f"{self.estimate:.3f} [{self.lo:.3f}, {self.hi:.3f}]"
+
+
+def _estimate(data: dict[str, Any]) -> Estimate:
+    """An `Estimate` from its JSON form (NaN and infinity were written as null)."""
+    fixed = dict(data)
+    for k in ("estimate", "lo", "hi"):
+        if fixed.get(k) is None:
+            fixed[k] = math.nan
+    if "df" in fixed and fixed["df"] is None:
+        fixed["df"] = math.inf
+    for k in ("replicates", "replicates_other"):
+        fixed[k] = [math.nan if v is None else v for v in fixed.get(k, [])]
+    return Estimate(**fixed)
 
 
 @dataclass
@@ -150,7 +177,9 @@ class RunReport:
     versions: dict[str, str] = field(default_factory=dict)
     git_sha: str | None = None
     device: str = "cpu"
+    #: torch threads per worker while measuring, and worker processes
     threads: int = 0
+    workers: int = 1
     cache_dir: str = ""
     claims: list[ClaimResult] = field(default_factory=list)
 
@@ -179,7 +208,7 @@ class RunReport:
             checks = []
             for ch in c.pop("checks", []):
                 eff = ch.pop("effect", None)
-                checks.append(CheckResult(effect=Estimate(**eff) if eff else None, **ch))
+                checks.append(CheckResult(effect=_estimate(eff) if eff else None, **ch))
             models = [ModelRun(**m) for m in c.pop("models", [])]
             claims.append(ClaimResult(checks=checks, models=models, **c))
         return cls(claims=claims, **data)
