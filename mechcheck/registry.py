@@ -5,8 +5,13 @@ name back into a function, and what `mechcheck validate` uses to check the argum
 torch or touching a model. Each entry declares its parameters (`Param`) so that a typo in a claim file is
 caught with the field path, the allowed names and the nearest valid one.
 
-Extend by registering a function (plugins can do the same through the ``mechcheck.plugins`` entry point
-group, whose modules are imported by `load_builtins`), never by subclassing.
+Extend by registering a function, never by subclassing. A plugin is a module that registers entries when
+it is imported, named in the ``mechcheck.plugins`` entry point group; the built-ins are such a module too
+(`mechcheck.builtins`), loaded the same way, first.
+
+Kinds: tasks (data generators), experiments (what a claim runs: a plan of measurement units), units (one
+measurement: its compute function and code version), checks (expectations judged on measurements), recipes
+(how a model fixture is built) and figures (drawers of an experiment's report figures).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Param", "Entry", "Registry", "TASKS", "EXPERIMENTS", "CHECKS", "RECIPES", "load_builtins"]
+__all__ = ["Param", "Entry", "Registry", "TASKS", "EXPERIMENTS", "CHECKS", "RECIPES", "UNITS", "FIGURES",
+           "load_builtins", "BUILTINS"]
 
 #: Parameter kinds understood by the spec validator (`mechcheck.spec`):
 #: int, float (ints accepted), str, bool, choice (one of `choices`), layers (list of ints),
@@ -133,35 +139,34 @@ class Registry:
 
 TASKS = Registry("task")
 EXPERIMENTS = Registry("experiment")
+UNITS = Registry("measurement unit")
 CHECKS = Registry("check")
 RECIPES = Registry("recipe")
+FIGURES = Registry("figure")
 
-_BUILTIN_MODULES = (
-    "mechcheck.tasks.cdm",
-    "mechcheck.tasks.toy",
-    "mechcheck.tasks.corpus",
-    "mechcheck.experiments.head_ablation",
-    "mechcheck.experiments.evaluate",
-    "mechcheck.experiments.decoding",
-    "mechcheck.experiments.sample_efficiency",
-    "mechcheck.checks",
-    "mechcheck.fixtures",
-)
+#: the plugin module of the built-in entries (loaded first, as any plugin is)
+BUILTINS = "mechcheck.builtins"
 _loaded = False
 
 
-def load_builtins() -> None:
-    """Import the modules that register the built-in entries, then any ``mechcheck.plugins`` entry points.
+def _load_plugin(module: str, where: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - say which plugin broke, not just the import error
+        raise ImportError(f"mechcheck plugin {module!r} ({where}) failed to load: {type(exc).__name__}: {exc}") from exc
 
-    These modules import torch lazily, inside the functions, so validation stays fast and model-free.
+
+def load_builtins() -> None:
+    """Load the built-in plugin, then every ``mechcheck.plugins`` entry point (each once).
+
+    Plugin modules import torch lazily, inside their functions, so validation stays fast and model-free.
     """
     global _loaded
     if _loaded:
         return
     _loaded = True
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
+    _load_plugin(BUILTINS, "built-in")
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="mechcheck.plugins"):
-        ep.load()
+        _load_plugin(ep.value.split(":")[0], f"entry point {ep.name!r}")
