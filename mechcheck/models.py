@@ -1,10 +1,11 @@
-"""Build, load and wrap models: Hugging Face modules seen through the TransformerLens 4 bridge.
+"""Build, load and prepare models: Hugging Face modules, intervened on through `mechcheck.interventions`.
 
-Weights always live in a plain Hugging Face module (trained, cached and loaded as such); interventions run
-on a `TransformerBridge` wrapped around that same module, so hook names are TransformerLens' canonical ones
-(``blocks.{L}.attn.hook_z`` is ``[batch, pos, head, d_head]``). Checkpoints are read from safetensors only:
-a directory whose weights exist only as pickles (``pytorch_model.bin``, ``*.pt``) is refused, because
-unpickling runs code.
+Weights always live in a plain Hugging Face module: trained, cached and loaded as such, and intervened on by
+hooks on its own modules at TransformerLens' canonical site names (``blocks.{L}.attn.hook_z`` is
+``[batch, pos, head, d_head]``). The TransformerLens bridge (`bridge`) stays available, on a copy of the model
+(it rebuilds the module tree in place), as the reference implementation the tests compare with. Checkpoints
+are read from safetensors only: a directory whose weights exist only as pickles (``pytorch_model.bin``,
+``*.pt``) is refused, because unpickling runs code.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from typing import Any
 from mechcheck.errors import ClaimSkipped
 
 __all__ = [
-    "ModelHandle",
+    "Handle",
     "CheckpointError",
     "choose_device",
     "build_gpt2",
-    "wrap",
+    "prepare",
+    "bridge",
     "load_checkpoint",
     "hub_reachable",
     "resolve_local_or_hub",
     "pin_mkl_threads",
     "answer_logits",
-    "is_wrapped",
 ]
 
 #: GPT2Config fields a fixture's `architecture` may set (besides `type`).
@@ -41,15 +42,40 @@ class CheckpointError(ValueError):
 
 
 @dataclass
-class ModelHandle:
-    """A model ready for experiments: the HF module, its bridge and the shape facts checks need."""
+class Handle:
+    """A model ready for interventions: the Hugging Face module (eval mode, on `device`) and its sites' adapter.
+
+    The module is used as it is: interventions hook its own modules (`mechcheck.interventions`), so nothing
+    is rebuilt or copied, and the weights stay the bits the cache holds.
+    """
 
     hf: Any  # transformers.PreTrainedModel
-    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
-    n_layers: int
-    n_heads: int
-    d_head: int
+    adapter: Any  # mechcheck.interventions.sites.Adapter
+    dims: dict[str, int]
     device: str
+
+    @property
+    def n_layers(self) -> int:
+        return self.dims["n_layers"]
+
+    @property
+    def n_heads(self) -> int:
+        return self.dims["n_heads"]
+
+    @property
+    def d_head(self) -> int:
+        return self.dims["d_head"]
+
+
+def prepare(hf_model, device: str) -> Handle:
+    """`hf_model` on `device`, in eval mode, as a `Handle` (nothing about the module is changed but that)."""
+    from mechcheck.interventions.sites import adapter_for
+
+    adapter = adapter_for(hf_model)
+    if getattr(hf_model.config, "_attn_implementation", None) != "eager":
+        hf_model.config._attn_implementation = "eager"  # fused kernels return no attention weights
+    hf_model.to(device).eval()
+    return Handle(hf_model, adapter, adapter.dims(hf_model), device)
 
 
 def pin_mkl_threads() -> None:
@@ -102,36 +128,24 @@ def build_gpt2(architecture: dict[str, Any], vocab_size: int, n_positions: int):
     return GPT2LMHeadModel(cfg)
 
 
-def wrap(hf_model, device: str) -> ModelHandle:
-    """Put `hf_model` on `device` in eval mode and wrap it with the TransformerLens bridge.
+def bridge(hf_model, device: str = "cpu"):
+    """A TransformerLens 4 bridge around a *copy* of `hf_model` (canonical hook names, eager attention).
 
-    The bridge is built once per module and device, then reused: building it adds wrapper modules to the HF
-    model, so wrapping the same model for every claim that uses it (a fixture shared by several claims of a
-    run) would stack copies of them (measured: 282 -> 504 -> 726 modules for a 4-layer GPT-2).
+    A copy, because building the bridge rebuilds the module tree in place (its state_dict keys change). Used as
+    the reference implementation of the sites in tests, and for sites `mechcheck.interventions` does not cover.
     """
+    import copy
+
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
-    cached = getattr(hf_model, "_mechcheck_handle", None)
-    if cached is not None and cached.device == device:
-        hf_model.to(device).eval()  # it may have been trained (train mode) since
-        return cached
-    cfg = hf_model.config
+    model = copy.deepcopy(hf_model)
+    cfg = model.config
     # The module's own class: a checkpoint's config may name another (all-MiniLM says BertModel, loaded as
     # BertForMaskedLM), and the bridge needs the class that has the output head.
-    arch = type(hf_model).__name__
-    if getattr(cfg, "_attn_implementation", None) != "eager":
-        cfg._attn_implementation = "eager"  # SDPA kernels do not expose attention patterns
-    hf_model.to(device).eval()
-    bridge = build_bridge_from_module(hf_model, arch, hf_config=cfg)
-    n_layers, n_heads = int(bridge.cfg.n_layers), int(bridge.cfg.n_heads)
-    handle = ModelHandle(hf_model, bridge, n_layers, n_heads, int(bridge.cfg.d_head), device)
-    object.__setattr__(hf_model, "_mechcheck_handle", handle)  # plain attribute, not a registered submodule
-    return handle
-
-
-def is_wrapped(hf_model) -> bool:
-    """Whether `wrap` has built a bridge around `hf_model` (which rebuilds its module tree in place)."""
-    return getattr(hf_model, "_mechcheck_handle", None) is not None
+    arch = type(model).__name__
+    cfg._attn_implementation = "eager"  # SDPA kernels do not expose attention patterns
+    model.to(device).eval()
+    return build_bridge_from_module(model, arch, hf_config=cfg)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -230,23 +244,21 @@ def load_checkpoint(location: str, local: bool, revision: str | None = None):
     return model
 
 
-#: output head of the models whose head can be applied to chosen positions only: class -> (base, head)
-_HEADS = {"GPT2LMHeadModel": ("transformer", "lm_head"), "BertForMaskedLM": ("bert", "cls")}
-
-
 def answer_logits(model, tokens, answer_pos):
     """(B, V) logits at each row's `answer_pos` (tokens (B, T)), computing the output head there only.
 
     The head is most of the compute of a small model with a big vocabulary (MiniLM: 384 -> 30,522 at every
-    position); GPT-2 and BERT masked-LM models apply it to the gathered positions, other models fall back to
-    the full logits. Same values as ``model(tokens).logits[rows, answer_pos]`` up to float rounding.
+    position). Architectures `mechcheck.interventions` knows apply it to the gathered positions (the same code
+    path as every experiment); others fall back to the full logits.
     """
     import torch
 
+    from mechcheck.interventions.sites import adapter_for
+
     rows = torch.arange(tokens.shape[0], device=tokens.device)
-    names = _HEADS.get(type(model).__name__)
-    if names is None:
+    try:
+        adapter = adapter_for(model)
+    except ValueError:
         return model(tokens).logits[rows, answer_pos]
-    base, head = (getattr(model, n) for n in names)
-    hidden = base(tokens).last_hidden_state  # (B, T, d)
-    return head(hidden[rows, answer_pos])
+    hidden = adapter.base(model)(tokens, use_cache=False).last_hidden_state  # (B, T, d)
+    return adapter.unembed(model, hidden[rows, answer_pos])

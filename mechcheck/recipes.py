@@ -1,6 +1,6 @@
-"""Resolve model fixtures: recipe graph -> cache key -> cached, trained or loaded model.
+"""Model recipes: how a model fixture is built, and its cache key, which is known before anything is built.
 
-Recipes (registered in `RECIPES`):
+Recipes (registered in `RECIPES`, each with a ``key=`` function beside its build function):
   scratch   random GPT-2-architecture weights (or a parent fixture's config with fresh random weights,
             `from`), trained on a task (answer loss by default)
   pretrain  random weights, next-token loss on every position of a (corpus) task
@@ -8,9 +8,9 @@ Recipes (registered in `RECIPES`):
   load      a local Hugging Face directory (safetensors) or a hub id; never trained, never cached
 
 A fixture's cache key covers its normalised recipe, its task generator's version, the seed and the keys of
-the fixtures it depends on, so a change anywhere upstream rebuilds everything downstream of it. A missing
-fixture is trained while holding its key's cache lock (one builder per key across processes), resuming the
-training state a killed run saved.
+the fixtures it depends on, so a change anywhere upstream rebuilds everything downstream of it. `model_ref`
+computes it without building anything (a loaded checkpoint is fingerprinted, not loaded), so the engine can
+tell what is cached, and which measurements are, before it loads or trains a single model.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from mechcheck.paths import is_pkg_path
 from mechcheck.registry import RECIPES, TASKS
 from mechcheck.tasks import Task
 
-__all__ = ["BuildContext", "Built", "build_model", "make_task", "is_trained", "replicates"]
+__all__ = ["BuildContext", "Built", "build_model", "make_task", "is_trained", "replicates", "model_ref", "parents",
+           "model_config", "task_payload"]
 
 
 @dataclass
@@ -44,6 +45,10 @@ class BuildContext:
     #: fixture key -> Built, so a fixture shared by several claims (or a parent shared by several
     #: children) is built or loaded once per run
     memo: dict[str, Built] = field(default_factory=dict)
+    #: checkpoint directory -> (mtime, fingerprint): a loaded checkpoint is hashed once per run
+    fingerprints: dict[str, tuple[float, str]] = field(default_factory=dict)
+    #: training progress callback (step, steps, fields), e.g. forwarded from a worker process
+    on_progress: Any = None
 
 
 @dataclass
@@ -60,21 +65,11 @@ class Built:
     source: tuple[str, bool, str | None] | None = None
 
     def pristine_copy(self):
-        """A copy of the weights as built, for a child to start from (fine-tuning).
-
-        Not `copy.deepcopy(self.model)` once the model has been wrapped for an experiment: the TransformerLens
-        bridge rebuilds the module tree in place (its state_dict keys change), so a child copied from it would
-        be saved with keys that no checkpoint loader maps back. Such a model is read again from its source
-        (the cache entry, or the loaded checkpoint), which holds the same bits.
-        """
+        """A copy of the weights as built, for a child to start from (fine-tuning): experiments intervene
+        through hooks and never change a model, so a deep copy holds the very bits of the cache entry."""
         import copy
 
-        from mechcheck.models import is_wrapped, load_checkpoint
-
-        if not is_wrapped(self.model) or self.source is None:
-            return copy.deepcopy(self.model)
-        location, local, revision = self.source
-        return load_checkpoint(location, local=local, revision=revision)
+        return copy.deepcopy(self.model)
 
 
 _TASK_MEMO: dict[str, Task] = {}
@@ -90,7 +85,7 @@ def make_task(spec) -> Task:
     return _TASK_MEMO[memo_key]
 
 
-def _task_payload(spec) -> dict[str, Any]:
+def task_payload(spec) -> dict[str, Any]:
     entry = TASKS.get(spec.generator)
     args = entry.with_defaults(dict(spec.args))
     # Arguments added after models were cached leave the key alone at the value that reproduces the old data.
@@ -120,36 +115,100 @@ def build_model(spec, seed: int, ctx: BuildContext) -> Built:
     return RECIPES.get(spec.recipe).func(spec, seed, ctx)
 
 
+def model_ref(spec, seed: int, ctx: BuildContext):
+    """Replicate `seed` of `spec` as a `ModelRef` (spec, the seed it is built with, cache key); builds nothing."""
+    from mechcheck.measurements import ModelRef
+
+    if getattr(spec, "seed", None) is not None:
+        seed = spec.seed
+    return ModelRef(spec, seed, _key(spec, seed, ctx))
+
+
+def _key(spec, seed: int, ctx: BuildContext) -> str:
+    return cache_key(RECIPES.get(spec.recipe).meta["payload"](spec, _seed(spec, seed), ctx))
+
+
+def parents(ref, ctx: BuildContext) -> list:
+    """The `ModelRef`s that building `ref` starts from (a fine-tune's parent; a twin's config source)."""
+    spec = ref.spec
+    if spec.parent is None:
+        return []
+    return [model_ref(spec.parent, ref.seed if spec.recipe == "finetune" else 0, ctx)]
+
+
+def model_config(ref, ctx: BuildContext) -> dict[str, Any]:
+    """The Hugging Face config (as a dict) of `ref`'s model, without building it when it is not cached.
+
+    From the cache entry if there is one; else a trained fixture's declared architecture or its parent's
+    config; a loaded checkpoint's config.json (a hub id is resolved, which skips the claim when offline).
+    """
+    spec = ref.spec
+    hit = ctx.cache.get(ref.key) if is_trained(spec) else None
+    if hit is not None:
+        return json.loads((hit[0] / "config.json").read_text())
+    if spec.recipe == "load":
+        return _load_config(spec)
+    if spec.parent is not None:
+        return model_config(parents(ref, ctx)[0], ctx)
+    arch = dict(spec.architecture or {})
+    task = make_task(spec.task)
+    return {"model_type": "gpt2", "n_layer": arch["n_layer"], "n_head": arch["n_head"], "n_embd": arch["n_embd"],
+            "vocab_size": arch.get("vocab_size") or task.vocab_size}
+
+
+def _load_config(spec) -> dict[str, Any]:
+    from mechcheck.models import check_checkpoint_dir, resolve_local_or_hub
+
+    if spec.path:
+        path = _local_path(spec.path)
+        check_checkpoint_dir(path)
+        return json.loads((path / "config.json").read_text())
+    where, local = resolve_local_or_hub(spec.hub)
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(where, revision=spec.revision, local_files_only=local).to_dict()
+
+
+def _trained(payload: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
+    """A training recipe's payload completed with where and how it trains (both change the bits)."""
+    from mechcheck.train import VERSION as TRAIN_VERSION
+
+    # Where and how a model was trained changes its bits (CUDA vs CPU kernels; how many threads split each
+    # reduction), so it is part of the key: one key, one set of weights.
+    return {**payload, "trained_on": {"device": ctx.device.split(":")[0], "threads": ctx.train_threads},
+            "train_code": TRAIN_VERSION}
+
+
 def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any], init) -> Built:
     """Shared tail of the training recipes: cache lookup, else (holding the key's lock) init() + train + store.
 
-    The lock keeps two processes sharing a cache (two runs, pytest-xdist workers) from training the same
-    fixture at once: the second waits, then finds the first one's entry.
+    The lock keeps two processes sharing a cache (two runs, pytest-xdist workers, the engine's workers) from
+    training the same fixture at once: the second waits, then finds the first one's entry.
     """
-    # Where and how a model was trained changes its bits (CUDA vs CPU kernels; how many threads split each
-    # reduction), so it is part of the key: one key, one set of weights.
-    from mechcheck.train import VERSION as TRAIN_VERSION
-
-    payload = {**payload, "trained_on": {"device": ctx.device.split(":")[0], "threads": ctx.train_threads},
-               "train_code": TRAIN_VERSION}
     key = cache_key(payload)
     if key in ctx.memo:
         return ctx.memo[key]
     task = make_task(spec.task)
     label = f"{spec.recipe} {spec.name} (seed {seed})"
     hit = ctx.cache.get(key)
+    built = None
     if hit is None:
         def on_wait(holder: str) -> None:
-            if ctx.console is not None:
+            if ctx.on_progress is not None:
+                ctx.on_progress(0, spec.train.steps, {"waiting for": holder})
+            elif ctx.console is not None:
                 ctx.console.print(f"waiting for {holder}, which is building {label}", highlight=False,
                                   soft_wrap=True)
 
         with ctx.cache.lock(key, on_wait=on_wait):
             hit = ctx.cache.get(key)  # the process we waited for has usually stored it by now
-            built = _train_and_store(spec, seed, ctx, payload, init, key, task, label) if hit is None else None
+            if hit is None:
+                if init is None:
+                    raise RuntimeError(f"{label}: its cache entry disappeared while it was being read; run again")
+                built = _train_and_store(spec, seed, ctx, payload, init, key, task, label)
     if hit is not None:
         from mechcheck.models import load_checkpoint
-        from mechcheck.train import Checkpoint
+        from mechcheck.train_state import Checkpoint
 
         path, meta = hit
         # A run killed between storing the model and deleting its training state left that state behind.
@@ -166,12 +225,13 @@ def _train_and_cache(spec, seed: int, ctx: BuildContext, payload: dict[str, Any]
 def _train_and_store(spec, seed: int, ctx: BuildContext, payload: dict[str, Any], init, key: str, task: Task,
                      label: str) -> Built:
     """Train a fresh model (resuming a state a killed run saved), store it, and drop the resumable state."""
-    from mechcheck.train import Checkpoint, train
+    from mechcheck.train import train
+    from mechcheck.train_state import Checkpoint
 
     checkpoint = Checkpoint(ctx.cache.partial_dir(key), ctx.checkpoint_every, fingerprint=key)
     model = init()
     info = train(model, task, spec.train, seed, ctx.device, label=label, console=ctx.console,
-                 threads=ctx.train_threads, checkpoint=checkpoint)
+                 threads=ctx.train_threads, checkpoint=checkpoint, progress=ctx.on_progress)
     model.to("cpu")
     ctx.cache.put(key, model, payload, info)
     hit = ctx.cache.get(key)
@@ -203,16 +263,20 @@ def _random_init(spec, seed: int):
     return init
 
 
-def _scratch_payload(spec, seed: int) -> dict[str, Any]:
-    return {"recipe": spec.recipe, "architecture": dict(spec.architecture or {}), "task": _task_payload(spec.task),
-            "train": dataclasses.asdict(spec.train), "seed": seed}
+def _scratch_payload(spec, seed: int, ctx: BuildContext) -> dict[str, Any]:
+    if spec.parent is not None:  # a twin: the parent's config, fresh weights
+        return _trained({"recipe": "scratch", "from": _key(spec.parent, 0, ctx), "task": task_payload(spec.task),
+                         "train": dataclasses.asdict(spec.train), "seed": seed}, ctx)
+    return _trained({"recipe": spec.recipe, "architecture": dict(spec.architecture or {}),
+                     "task": task_payload(spec.task), "train": dataclasses.asdict(spec.train), "seed": seed}, ctx)
 
 
-@RECIPES.register("scratch", doc="train from random weights (a GPT-2 shape, or a parent fixture's config) on a task")
+@RECIPES.register("scratch", doc="train from random weights (a GPT-2 shape, or a parent fixture's config) on a task",
+                  payload=_scratch_payload)
 def build_scratch(spec, seed: int, ctx: BuildContext) -> Built:
     if spec.parent is not None:
         return _build_twin(spec, seed, ctx)
-    return _train_and_cache(spec, seed, ctx, _scratch_payload(spec, seed), _random_init(spec, seed))
+    return _train_and_cache(spec, seed, ctx, _scratch_payload(spec, seed, ctx), _random_init(spec, seed))
 
 
 def _build_twin(spec, seed: int, ctx: BuildContext) -> Built:
@@ -221,11 +285,12 @@ def _build_twin(spec, seed: int, ctx: BuildContext) -> Built:
     The parent is built as replicate 0 (every replicate has the same config; for a `load` parent it is
     the one replicate); its key is part of this fixture's key, so a different parent config rebuilds.
     """
+    payload = _scratch_payload(spec, seed, ctx)
+    if cache_key(payload) in ctx.memo:
+        return ctx.memo[cache_key(payload)]
     parent = build_model(spec.parent, 0, ctx)
     task = make_task(spec.task)
     _check_vocab(spec, task, parent.model.config.vocab_size)
-    payload = {"recipe": "scratch", "from": parent.key, "task": _task_payload(spec.task),
-               "train": dataclasses.asdict(spec.train), "seed": seed}
 
     def init():
         import copy
@@ -249,23 +314,32 @@ def _check_vocab(spec, task: Task, vocab: int) -> None:
                          f"{spec.parent.name!r} has a vocabulary of {vocab}")
 
 
-@RECIPES.register("pretrain", doc="train from random weights with next-token loss on every position of a task")
+@RECIPES.register("pretrain", doc="train from random weights with next-token loss on every position of a task",
+                  payload=_scratch_payload)
 def build_pretrain(spec, seed: int, ctx: BuildContext) -> Built:
-    return _train_and_cache(spec, seed, ctx, _scratch_payload(spec, seed), _random_init(spec, seed))
+    return _train_and_cache(spec, seed, ctx, _scratch_payload(spec, seed, ctx), _random_init(spec, seed))
 
 
-@RECIPES.register("finetune", doc="continue training a parent fixture's weights on a task")
+def _finetune_payload(spec, seed: int, ctx: BuildContext) -> dict[str, Any]:
+    return _trained({"recipe": "finetune", "parent": _key(spec.parent, seed, ctx),
+                     "task": task_payload(spec.task), "train": dataclasses.asdict(spec.train), "seed": seed}, ctx)
+
+
+def _seed(spec, seed: int) -> int:
+    return spec.seed if getattr(spec, "seed", None) is not None else seed
+
+
+@RECIPES.register("finetune", doc="continue training a parent fixture's weights on a task", payload=_finetune_payload)
 def build_finetune(spec, seed: int, ctx: BuildContext) -> Built:
+    payload = _finetune_payload(spec, seed, ctx)
+    if cache_key(payload) in ctx.memo:
+        return ctx.memo[cache_key(payload)]
+    if ctx.cache.get(cache_key(payload)) is not None:  # cached: the parent need not be built at all
+        return _train_and_cache(spec, seed, ctx, payload, None)
     parent = build_model(spec.parent, seed, ctx)
     task = make_task(spec.task)
     _check_vocab(spec, task, parent.model.config.vocab_size)
-    payload = {"recipe": "finetune", "parent": parent.key, "task": _task_payload(spec.task),
-               "train": dataclasses.asdict(spec.train), "seed": seed}
-
-    def init():
-        return parent.pristine_copy()
-
-    built = _train_and_cache(spec, seed, ctx, payload, init)
+    built = _train_and_cache(spec, seed, ctx, payload, parent.pristine_copy)
     built.info.setdefault("parent", spec.parent.name)
     return built
 
@@ -294,24 +368,37 @@ def _local_path(path: str) -> Path:
         raise CheckpointError(str(exc)) from exc
 
 
-@RECIPES.register("load", doc="load a local Hugging Face directory (safetensors only) or a hub id")
-def build_load(spec, seed: int, ctx: BuildContext) -> Built:
-    from mechcheck.models import check_checkpoint_dir, load_checkpoint, resolve_local_or_hub
+def _load_payload(spec, seed: int, ctx: BuildContext) -> dict[str, Any]:
+    from mechcheck.models import check_checkpoint_dir
 
-    if spec.path:
-        path = _local_path(spec.path)
-        check_checkpoint_dir(path)
-        where, local = str(path), True
-        # spec.path as written for a package path (pkg:...): the key must not depend on where it is installed
-        payload = {"recipe": "load", "path": spec.path if is_pkg_path(spec.path) else str(path),
-                   "fingerprint": _fingerprint(path)}
-    else:
-        where, local = resolve_local_or_hub(spec.hub)
-        payload = {"recipe": "load", "hub": spec.hub, "revision": spec.revision}
-    key = cache_key(payload)
+    if not spec.path:
+        return {"recipe": "load", "hub": spec.hub, "revision": spec.revision}
+    path = _local_path(spec.path)
+    check_checkpoint_dir(path)
+    stamp = max(p.stat().st_mtime for p in [path / "config.json", *path.glob("*.safetensors")])
+    known = ctx.fingerprints.get(str(path))
+    if known is None or known[0] != stamp:
+        known = (stamp, _fingerprint(path))
+        ctx.fingerprints[str(path)] = known
+    # spec.path as written for a package path (pkg:...): the key must not depend on where it is installed
+    return {"recipe": "load", "path": spec.path if is_pkg_path(spec.path) else str(path), "fingerprint": known[1]}
+
+
+@RECIPES.register("load", doc="load a local Hugging Face directory (safetensors only) or a hub id",
+                  payload=_load_payload)
+def build_load(spec, seed: int, ctx: BuildContext) -> Built:
+    from mechcheck.models import load_checkpoint, resolve_local_or_hub
+
+    key = cache_key(_load_payload(spec, seed, ctx))
     if key not in ctx.memo:
+        if spec.path:
+            where, local = str(_local_path(spec.path)), True
+        else:
+            where, local = resolve_local_or_hub(spec.hub)
         model = load_checkpoint(where, local=local, revision=spec.revision)
         task = make_task(spec.task) if spec.task else None
-        ctx.memo[key] = Built(model, key, "load", False, {"source": spec.path or spec.hub}, task,
-                              (where, local, spec.revision))
+        info = {"source": spec.path or spec.hub}
+        if spec.path:
+            info["fingerprint"] = _load_payload(spec, seed, ctx)["fingerprint"]
+        ctx.memo[key] = Built(model, key, "load", False, info, task, (where, local, spec.revision))
     return ctx.memo[key]
