@@ -1,40 +1,65 @@
 """Registered experiments: what a claim runs on its models (``experiment: {name: args}``).
 
-An experiment is a function ``experiment(ctx: ExperimentContext, **args) -> result`` registered in
-`mechcheck.registry.EXPERIMENTS`. The result keeps per-example / per-replicate arrays for the checks and
-has a ``summary()`` with a JSON-able dict (``{"name": ..., "args": ..., ...}``) for the report; the report
-draws figures for it through `mechcheck.report.markdown.figure_drawer`.
+An experiment is a *plan*, not a computation: ``experiment(ctx: PlanContext, **args) -> Plan`` returns, per
+role and replicate, the measurement units the claim's checks will read (``{"clean": unit, "sweep": unit}``).
+The engine computes each unit once (two claims that plan the same unit share it) and the runner assembles
+the stored arrays into `Measurements`, named ``"<plan name>/<array name>"`` (e.g. ``"sweep/head/accuracy"``).
+
+Registration (`mechcheck.registry.EXPERIMENTS`) declares, besides the parameters:
+  summary=  fn(Measurements) -> JSON-able dict for the report and its figures
+  request=  fn(ctx, args, Request, ModelRef) -> Unit: the unit that fulfils a check's `Request` (e.g. a
+            joint ablation of the heads a check selected), for experiments whose checks ask for more
+
+Units (`mechcheck.registry.UNITS`) are the computations: ``unit(ctx: UnitContext) -> UnitResult``, registered
+with a code ``version`` that is part of their key (bump it when the same inputs would give other numbers).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from mechcheck.tasks import TaskBatch
+from mechcheck.measurements import DataRef, ModelRef, Unit, make_unit
 
-__all__ = ["ExperimentContext"]
+__all__ = ["PlanContext", "Plan"]
+
+#: role -> per replicate, plan name -> unit
+Plan = dict[str, list[dict[str, Unit]]]
 
 
 @dataclass
-class ExperimentContext:
-    """What an experiment runs on.
+class PlanContext:
+    """What an experiment plans with.
 
-    models:   per role, one `ModelHandle` per replicate (replicate i was built with seed i)
-    fixtures: per role, the fixture name (for reports)
-    batch:    the claim's eval data
-    seed:     for anything random the experiment draws (control head sets, CV folds, ...)
-    specs:    per role, the `ModelSpec` it was built from, for experiments that build variants of a
-              fixture (e.g. the same recipe on fewer training examples)
-    build:    the `BuildContext` (cache, device, training threads) those variants are built with
-    n_seeds:  how many replicates each trained role has
+    roles:  per role, one `ModelRef` per replicate (replicate i of a trained role is built with seed i)
+    data:   the claim's eval data; `batch` is that data, generated (for sizes, labels and token groups)
+    seed:   the claim's data seed, for anything random the plan fixes (folds, UMAP)
+    env:    where units compute (device type, threads): part of every unit key
+    shapes: per role, (n_layers, n_heads)
+    specs:  per role, the `ModelSpec`, for experiments that build variants of a fixture
+    build:  the `BuildContext`, for the keys of those variants
     """
 
-    models: dict[str, list[Any]]
-    fixtures: dict[str, str]
-    batch: TaskBatch
+    roles: dict[str, list[ModelRef]]
+    data: DataRef
+    batch: Any
     seed: int = 0
-    console: Any = None
-    specs: dict[str, Any] | None = None
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    specs: dict[str, Any] = field(default_factory=dict)
     build: Any = None
-    n_seeds: int = 1
+
+    def unit(self, kind: str, models: tuple[ModelRef, ...] = (), deps: tuple[Unit, ...] = (),
+             data: DataRef | None = None, **args: Any) -> Unit:
+        """A unit of `kind` on `models`, on the claim's data unless `data` is given."""
+        return make_unit(kind, tuple(models), data or self.data, tuple(deps), self.env, **args)
+
+    def replicates(self) -> Iterator[tuple[str, int, ModelRef]]:
+        for role, refs in self.roles.items():
+            for i, ref in enumerate(refs):
+                yield role, i, ref
+
+    def per_replicate(self, fn) -> Plan:
+        """The plan ``{role: [fn(role, i, ref) for each replicate]}``."""
+        return {role: [fn(role, i, ref) for i, ref in enumerate(refs)] for role, refs in self.roles.items()}

@@ -1,7 +1,7 @@
 """Representation experiments (Lin 2024): linear decoding, per-unit mixed selectivity, embedding geometry.
 
 `linear_decoding` reads activations at each example's answer position and asks what a linear read-out can
-recover from them (METHODS.md §1.2 items 3-4):
+recover from them (the Lin notes in docs/methods.md):
 
   sites     resid_final  ``blocks.{l}.hook_resid_post``: the residual stream after block l; with
                          ``layers: last`` the last layer's hidden state, which Lin decodes (before the final
@@ -22,7 +22,7 @@ recover from them (METHODS.md §1.2 items 3-4):
             accuracy to beat every shuffle.
   chance    the share of the majority class (what predicting a constant achieves).
 
-Mixed selectivity (ours: the paper's definition is unknown, METHODS.md §1.0). At the final hidden state, for
+Mixed selectivity (ours: the paper's definition is unknown, docs/methods.md). At the final hidden state, for
 every unit (dimension) u and every binary variable v of `selectivity` (default context, motion_sign,
 color_sign: the CDM variables that are independent by construction; `choice` is left out by default because
 it is a function of them, so a unit carrying only the motion sign would also look "selective" for choice):
@@ -30,51 +30,31 @@ AUC(u, v) = P(x_u | v=1 > x_u | v=0) (Mann-Whitney U / n1 n0). u is *selective* 
 |AUC - 0.5| >= `unit_auc` AND the two-sided Mann-Whitney p < `unit_alpha` / (units x variables) (Bonferroni).
 A unit is *mixed-selective* when it is selective for >= 2 variables. Multi-class variables are skipped.
 
-`embedding_geometry` (UMAP claim, METHODS.md §1.2 item 5): the final hidden state at the answer position,
-standardised, embedded in 2-D with ``umap.UMAP(n_neighbors=15, min_dist=0.1, random_state=seed)``, and the
-per-example silhouette (sklearn ``silhouette_samples``) of each label's clusters in the 2-D embedding and in
-the standardised raw space. A control silhouette with permuted labels (one permutation) is kept alongside.
-
-Bootstrap: checks resample replicates, then examples (decoding, silhouette) or units (selectivity); for
-a comparison of two models each side is resampled independently (`stats.bootstrap_difference`). Selectivity CIs
-treat each unit's selectivity as measured (units are resampled, examples are not).
+Units: ``read`` (the activations at the answer position, through `mechcheck.interventions`; shared with
+`embedding_geometry` when it reads the same sites of the same models) and ``decode`` (the decoders, the null
+and the selectivity, fitted from a stored ``read``: no model is loaded for it). The checks (in
+`mechcheck.checks.decoding`) compute p-values and intervals from the stored correctness and null accuracies.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mechcheck import stats
-from mechcheck.experiments import ExperimentContext
-from mechcheck.registry import CHECKS, EXPERIMENTS, Param
-from mechcheck.results import CheckResult, Estimate
+from mechcheck.experiments import Plan, PlanContext
+from mechcheck.measurements import Measurements, UnitResult
+from mechcheck.registry import EXPERIMENTS, UNITS, Param
 
-__all__ = [
-    "DecodingResult",
-    "GeometryResult",
-    "collect_activations",
-    "cv_correct",
-    "embedding_geometry",
-    "linear_decoding",
-    "null_pvalue",
-    "shuffled_null",
-    "site_names",
-    "two_sample_bootstrap",
-    "unit_selectivity",
-]
+__all__ = ["cv_correct", "decode_replicate", "linear_decoding", "null_pvalue", "shuffled_null", "site_names",
+           "unit_selectivity", "majority"]
 
 SITES = ("resid_final", "attn_out")
 CLASSIFIERS = ("logistic", "linear_svm")
 _SITE_HOOK = {"resid_final": "blocks.{l}.hook_resid_post", "attn_out": "blocks.{l}.attn.o.hook_out"}
-_MAX_LAYER = 127
-
-
-# -------------------------------------------------------------------------------------------- activations
 
 
 def site_names(site: str, layers: str, n_layers: int) -> dict[int, str]:
@@ -83,46 +63,12 @@ def site_names(site: str, layers: str, n_layers: int) -> dict[int, str]:
     return {layer: _SITE_HOOK[site].format(l=layer) for layer in picked}
 
 
-def _valid_mask(tokens: np.ndarray, pad_id: int) -> np.ndarray:
-    """(B, T) attention mask of right-padded prompts: 1 up to the last non-pad token of each row."""
-    not_pad = tokens != pad_id
-    T = tokens.shape[1]
-    last = T - 1 - np.argmax(not_pad[:, ::-1], axis=1)  # index of the last non-pad token
-    return (np.arange(T)[None, :] <= last[:, None]).astype(np.int64)
+@UNITS.register("read", version="1", doc="activations at the answer position of the given sites")
+def read_unit(ctx) -> UnitResult:
+    from mechcheck.interventions import run
 
-
-def collect_activations(handle, batch, names: list[str], batch_size: int = 500) -> dict[str, np.ndarray]:
-    """Per hook name, (n, d) float32 activations at each example's answer position (no grad).
-
-    A bidirectional model (BERT) would let every position attend to the right-padding, so it gets an
-    attention mask of the non-pad prefix; a causal model needs none (the answer position sees no padding).
-    """
-    import torch
-
-    missing = [n for n in names if n not in handle.bridge.hook_dict]
-    if missing:
-        raise ValueError(f"the bridge of this model has no hook {missing[0]!r} (hooks of block 0: "
-                         f"{', '.join(k for k in handle.bridge.hook_dict if k.startswith('blocks.0.'))})")
-    bidirectional = getattr(handle.bridge.cfg, "attention_dir", "causal") == "bidirectional"
-    wanted = set(names)
-    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    with torch.no_grad():
-        for start in range(0, len(batch), batch_size):
-            sl = slice(start, min(len(batch), start + batch_size))
-            tokens = torch.as_tensor(batch.tokens[sl], device=handle.device)
-            kwargs = {}
-            if bidirectional:
-                kwargs["attention_mask"] = torch.as_tensor(_valid_mask(batch.tokens[sl], batch.pad_id),
-                                                           device=handle.device)
-            _, cache = handle.bridge.run_with_cache(tokens, names_filter=lambda n: n in wanted, **kwargs)
-            rows = torch.arange(tokens.shape[0], device=tokens.device)
-            pos = torch.as_tensor(batch.answer_pos[sl], device=tokens.device)
-            for n in names:
-                out[n].append(cache[n][rows, pos].float().cpu().numpy())  # (B, d)
-    return {n: np.concatenate(v) for n, v in out.items()}
-
-
-# ------------------------------------------------------------------------------------------------ decoders
+    out = run(ctx.model, ctx.batch, read=list(ctx.args["sites"]), batch_size=ctx.args["batch_size"])
+    return UnitResult({name: a.astype(np.float32) for name, a in out.reads.items()})
 
 
 def _classifier(kind: str):
@@ -229,24 +175,6 @@ def unit_selectivity(X: np.ndarray, labels: dict[str, np.ndarray], unit_auc: flo
     return {"variables": used, "auc": auc, "selective": selective, "mixed": mixed}
 
 
-# ------------------------------------------------------------------------------------------ bootstrapping
-
-
-def two_sample_bootstrap(a: list[np.ndarray], b: list[np.ndarray], n_boot: int = 2000, seed: int = 0,
-                         level: float = 0.95) -> Estimate:
-    """Mean of seed means of `a` minus that of `b`; each side resampled independently (replicates, then rows).
-
-    A thin wrapper of `stats.bootstrap_difference` (flattening each replicate's array), kept so the checks
-    here read the same whatever the rows are (examples or units).
-    """
-    return stats.bootstrap_difference([np.asarray(x, dtype=float).ravel() for x in a],
-                                      [np.asarray(x, dtype=float).ravel() for x in b], n_boot=n_boot, level=level,
-                                      seed=seed)
-
-
-# -------------------------------------------------------------------------------------------- decoding
-
-
 @dataclass
 class _DecodeReplicate:
     """One replicate of one role: per variable, (n, n_decoded_layers) correctness and the null."""
@@ -257,7 +185,6 @@ class _DecodeReplicate:
     null_example: dict[str, np.ndarray]  # var -> (n, len(layers)) mean correctness over shuffles
     selectivity: dict[str, Any]
     not_converged: int = 0
-    p_values: dict[str, np.ndarray] = field(default_factory=dict)  # var -> (2, len(layers)) t-based, rank
 
 
 def decode_replicate(features: dict[int, np.ndarray], final: np.ndarray, labels: dict[str, np.ndarray],
@@ -278,115 +205,99 @@ def _decode_replicate(features, final, labels, variables, selectivity, classifie
                       unit_alpha, seed) -> _DecodeReplicate:
     layers = sorted(features)
     n = len(final)
-    correct, null_acc, null_ex, pvals, not_conv = {}, {}, {}, {}, 0
+    correct, null_acc, null_ex, not_conv = {}, {}, {}, 0
     for v in variables:
         y = np.asarray(labels[v])
         c = np.full((n, len(layers)), np.nan)
         na = np.full((n_shuffle, len(layers)), np.nan)
         ne = np.full((n, len(layers)), np.nan)
-        p = np.full((2, len(layers)), np.nan)
         for j, layer in enumerate(layers):
             c[:, j], bad = cv_correct(features[layer], y, classifier, folds, seed)
             not_conv += bad
             if n_shuffle > 0 and not np.isnan(c[:, j]).any():
                 na[:, j], ne[:, j] = shuffled_null(features[layer], y, classifier, folds, n_shuffle, seed)
-                p[:, j] = null_pvalue(float(c[:, j].mean()), na[:, j], n)
-        correct[v], null_acc[v], null_ex[v], pvals[v] = c, na, ne, p
+        correct[v], null_acc[v], null_ex[v] = c, na, ne
     sel = unit_selectivity(final, {v: np.asarray(labels[v]) for v in selectivity}, unit_auc, unit_alpha)
-    return _DecodeReplicate(layers, correct, null_acc, null_ex, sel, not_conv, pvals)
+    return _DecodeReplicate(layers, correct, null_acc, null_ex, sel, not_conv)
 
 
 def _majority(y: np.ndarray) -> float:
     return float(np.bincount(np.unique(y, return_inverse=True)[1]).max() / len(y))
 
 
-class DecodingResult:
-    """Per role and replicate: decoding correctness per variable and layer, its shuffled null, selectivity."""
-
-    name = "linear_decoding"
-
-    def __init__(self, args: dict[str, Any], labels: dict[str, np.ndarray], fixtures: dict[str, str],
-                 n_layers: dict[str, int], runs: dict[str, list[_DecodeReplicate]]) -> None:
-        self.args, self.labels, self.fixtures, self.n_layers, self.runs = args, labels, fixtures, n_layers, runs
-
-    @property
-    def variables(self) -> list[str]:
-        return list(self.args["variables"])
-
-    def layers(self, role: str) -> list[int]:
-        return self.runs[role][0].layers
-
-    def chance(self, variable: str) -> float:
-        return _majority(np.asarray(self.labels[variable]))
-
-    def correct(self, role: str, variable: str) -> list[np.ndarray]:
-        """Per replicate, (n, len(layers)) out-of-fold 0/1 correctness."""
-        return [r.correct[variable] for r in self.runs[role]]
-
-    def null_accuracy(self, role: str, variable: str) -> list[np.ndarray]:
-        return [r.null_acc[variable] for r in self.runs[role]]
-
-    def null_examples(self, role: str, variable: str) -> list[np.ndarray]:
-        return [r.null_example[variable] for r in self.runs[role]]
-
-    def p_values(self, role: str, variable: str) -> list[np.ndarray]:
-        """Per replicate, (2, len(layers)): t-based and empirical rank p-values against the null."""
-        return [r.p_values[variable] for r in self.runs[role]]
-
-    def mixed(self, role: str) -> list[np.ndarray]:
-        """Per replicate, (d,) 0/1: unit is mixed-selective."""
-        return [r.selectivity["mixed"].astype(float) for r in self.runs[role]]
-
-    def selective_any(self, role: str) -> list[np.ndarray]:
-        return [r.selectivity["selective"].any(0).astype(float) for r in self.runs[role]]
-
-    def selective_shares(self, role: str) -> list[dict[str, float]]:
-        return [{v: float(s) for v, s in zip(r.selectivity["variables"], r.selectivity["selective"].mean(1))}
-                for r in self.runs[role]]
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-able: per role and replicate, accuracy / null mean / null 95th pct per variable and layer,
-        p-values, selective and mixed shares."""
-        def rnd(a):
-            return [None if not math.isfinite(x) else round(float(x), 4) for x in np.asarray(a, dtype=float)]
-
-        models = {}
-        for role, runs in self.runs.items():
-            reps = []
-            for r in runs:
-                sel = r.selectivity
-                reps.append({
-                    "accuracy": {v: rnd(np.nanmean(r.correct[v], 0) if not np.isnan(r.correct[v]).all()
-                                        else np.full(len(r.layers), np.nan)) for v in r.correct},
-                    "null_mean": {v: rnd(r.null_acc[v].mean(0)) for v in r.null_acc},
-                    "null_p95": {v: rnd(np.quantile(r.null_acc[v], 0.95, axis=0)) if r.null_acc[v].size
-                                 else [] for v in r.null_acc},
-                    "p_value": {v: rnd(r.p_values[v][0]) for v in r.p_values},
-                    "p_rank": {v: rnd(r.p_values[v][1]) for v in r.p_values},
-                    "selectivity": {
-                        "units": int(sel["mixed"].size),
-                        "variables": list(sel["variables"]),
-                        "selective_share": {v: round(float(s), 4) for v, s in
-                                            zip(sel["variables"], sel["selective"].mean(1))},
-                        "any_selective_share": round(float(sel["selective"].any(0).mean()), 4),
-                        "mixed_share": round(float(sel["mixed"].mean()), 4),
-                    },
-                    "not_converged": int(r.not_converged),
-                })
-            models[role] = {"fixture": self.fixtures.get(role, role), "n_layers": self.n_layers[role],
-                            "layers": list(runs[0].layers), "replicates": reps}
-        chance = {v: round(self.chance(v), 4) for v in self.variables}
-        return {"name": self.name, "args": dict(self.args), "n": len(next(iter(self.labels.values()))),
-                "chance": chance, "models": models}
+def majority(y: np.ndarray) -> float:
+    """The share of the most frequent class: what predicting a constant achieves."""
+    return float(np.bincount(np.unique(y, return_inverse=True)[1]).max() / len(y))
 
 
-def _check_labels(batch, names: list[str], what: str) -> None:
-    from mechcheck.errors import SpecError
+@UNITS.register("decode", version="1", uses_model=False,
+                doc="cross-validated decoders per variable and layer, shuffled-label null, unit selectivity")
+def decode_unit(ctx) -> UnitResult:
+    a = ctx.args
+    acts = ctx.deps[0].arrays
+    features = {int(layer): acts[name] for layer, name in a["features"]}
+    rep = decode_replicate(features, acts[a["final"]], ctx.batch.labels, a["variables"], a["selectivity"],
+                           a["classifier"], a["folds"], a["n_shuffle"], a["unit_auc"], a["unit_alpha"], a["seed"])
+    arrays: dict[str, np.ndarray] = {}
+    for v in a["variables"]:
+        arrays[f"correct/{v}"] = rep.correct[v]
+        arrays[f"null_acc/{v}"] = rep.null_acc[v]
+        arrays[f"null_example/{v}"] = rep.null_example[v]
+    sel = rep.selectivity
+    arrays["sel/auc"] = sel["auc"]
+    arrays["sel/selective"] = sel["selective"].astype(np.uint8)
+    arrays["sel/mixed"] = sel["mixed"].astype(np.uint8)
+    return UnitResult(arrays, {"layers": rep.layers, "selectivity_variables": list(sel["variables"]),
+                               "not_converged": int(rep.not_converged)})
 
-    missing = [v for v in names if v not in batch.labels]
-    if missing:
-        raise SpecError(f"{what}: the eval task has no label {missing[0]!r}", field_path=f"experiment.{what}",
-                        allowed=tuple(sorted(batch.labels)))
+
+def p_values(correct: np.ndarray, null_acc: np.ndarray) -> np.ndarray:
+    """(2, n_layers): t-based and rank p-values of each layer's accuracy against its shuffled null."""
+    n = correct.shape[0]
+    out = np.full((2, correct.shape[1]), np.nan)
+    for j in range(correct.shape[1]):
+        if not np.isnan(correct[:, j]).any() and null_acc.shape[0]:
+            out[:, j] = null_pvalue(float(correct[:, j].mean()), null_acc[:, j], n)
+    return out
+
+
+def _rnd(a) -> list[float | None]:
+    return [None if not math.isfinite(x) else round(float(x), 4) for x in np.asarray(a, dtype=float)]
+
+
+def _summary(meas: Measurements) -> dict[str, Any]:
+    """JSON-able: per role and replicate, accuracy / null mean / null 95th pct per variable and layer,
+    p-values, selective and mixed shares."""
+    variables = list(meas.args["variables"])
+    models = {}
+    for role, data in meas.roles.items():
+        reps = []
+        for arrays, meta in zip(data.replicates, data.meta):
+            acc, null_mean, null_p95, p_t, p_rank = {}, {}, {}, {}, {}
+            for v in variables:
+                c, na = arrays[f"decode/correct/{v}"], arrays[f"decode/null_acc/{v}"]
+                acc[v] = _rnd(np.nanmean(c, 0) if not np.isnan(c).all() else np.full(c.shape[1], np.nan))
+                null_mean[v] = _rnd(na.mean(0)) if na.size else []
+                null_p95[v] = _rnd(np.quantile(na, 0.95, axis=0)) if na.size else []
+                p = p_values(c, na)
+                p_t[v], p_rank[v] = _rnd(p[0]), _rnd(p[1])
+            sel_vars = meta.get("decode", {}).get("selectivity_variables", [])
+            selective = arrays["decode/sel/selective"].astype(bool)
+            mixed = arrays["decode/sel/mixed"].astype(bool)
+            reps.append({
+                "accuracy": acc, "null_mean": null_mean, "null_p95": null_p95, "p_value": p_t, "p_rank": p_rank,
+                "selectivity": {
+                    "units": int(mixed.size), "variables": sel_vars,
+                    "selective_share": {v: round(float(s), 4) for v, s in zip(sel_vars, selective.mean(1))},
+                    "any_selective_share": round(float(selective.any(0).mean()), 4) if selective.size else 0.0,
+                    "mixed_share": round(float(mixed.mean()), 4) if mixed.size else 0.0,
+                },
+                "not_converged": int(meta.get("decode", {}).get("not_converged", 0)),
+            })
+        layers = data.meta[0].get("decode", {}).get("layers", []) if data.meta else []
+        models[role] = {"fixture": data.fixture, "n_layers": data.n_layers, "layers": list(layers), "replicates": reps}
+    chance = {v: round(majority(meas.labels[v]), 4) for v in variables}
+    return {"name": "linear_decoding", "args": dict(meas.args), "n": meas.n, "chance": chance, "models": models}
 
 
 _VARIABLES = ("context", "motion_sign", "color_sign", "choice")
@@ -407,329 +318,23 @@ _VARIABLES = ("context", "motion_sign", "color_sign", "choice")
     Param("unit_alpha", "float", default=0.01, min=0.0, max=1.0,
           doc="selective: Mann-Whitney p below this / (units x variables)"),
     Param("batch_size", "int", default=500, min=1, doc="examples per forward pass"),
-))
-def linear_decoding(ctx: ExperimentContext, site: str = "resid_final", layers: str = "last",
+), summary=_summary)
+def linear_decoding(ctx: PlanContext, site: str = "resid_final", layers: str = "last",
                     variables: list[str] = _VARIABLES, classifier: str = "logistic", folds: int = 5,
                     n_shuffle: int = 20, selectivity: list[str] = ("context", "motion_sign", "color_sign"),
-                    unit_auc: float = 0.1, unit_alpha: float = 0.01, batch_size: int = 500) -> DecodingResult:
+                    unit_auc: float = 0.1, unit_alpha: float = 0.01, batch_size: int = 500) -> Plan:
     """Cross-validated linear decoding of task labels at the answer position, with a shuffled-label null,
     and per-unit mixed selectivity of the final hidden state."""
-    args = {"site": site, "layers": layers, "variables": list(variables), "classifier": classifier, "folds": folds,
-            "n_shuffle": n_shuffle, "selectivity": list(selectivity), "unit_auc": unit_auc,
-            "unit_alpha": unit_alpha, "batch_size": batch_size}
-    batch = ctx.batch
-    _check_labels(batch, list(variables), "variables")
-    _check_labels(batch, list(selectivity), "selectivity")
-    from mechcheck.progress import progress_bar
 
-    runs: dict[str, list[_DecodeReplicate]] = {}
-    n_layers: dict[str, int] = {}
-    with progress_bar(ctx.console) as progress:
-        bar = progress.add_task("linear decoding", total=sum(len(hs) for hs in ctx.models.values()))
-        for role, handle in ((r, h) for r, hs in ctx.models.items() for h in hs):
-            runs.setdefault(role, [])
-            progress.update(bar, description=f"linear decoding: {role} (replicate {len(runs[role]) + 1})")
-            L = handle.n_layers
-            n_layers[role] = L
-            names = site_names(site, layers, L)
-            final = f"blocks.{L - 1}.hook_resid_post"
-            acts = collect_activations(handle, batch, sorted(set(names.values()) | {final}), batch_size)
-            feats = {layer: acts[name] for layer, name in names.items()}
-            runs[role].append(decode_replicate(feats, acts[final], batch.labels, list(variables), list(selectivity),
-                                               classifier, folds, n_shuffle, unit_auc, unit_alpha, ctx.seed))
-            progress.advance(bar)
-    labels = {v: np.asarray(batch.labels[v]) for v in set(variables) | set(selectivity)}
-    return DecodingResult(args, labels, dict(ctx.fixtures), n_layers, runs)
+    def units(role, i, ref):
+        L = ctx.shapes[role][0]
+        names = site_names(site, layers, L)
+        final = f"blocks.{L - 1}.hook_resid_post"
+        read = ctx.unit("read", (ref,), sites=sorted(set(names.values()) | {final}), batch_size=batch_size)
+        decode = ctx.unit("decode", deps=(read,), features=[[layer, name] for layer, name in sorted(names.items())],
+                          final=final, variables=list(variables), selectivity=list(selectivity),
+                          classifier=classifier, folds=folds, n_shuffle=n_shuffle, unit_auc=unit_auc,
+                          unit_alpha=unit_alpha, seed=ctx.seed)
+        return {"decode": decode}
 
-
-# --------------------------------------------------------------------------------------------- geometry
-
-
-@dataclass
-class _GeometryReplicate:
-    embedding: np.ndarray  # (n, 2)
-    silhouette: dict[str, dict[str, np.ndarray]]  # space -> label -> (n,)
-    control: dict[str, dict[str, np.ndarray]]  # same, with permuted labels
-
-
-def geometry_replicate(X: np.ndarray, labels: dict[str, np.ndarray], n_neighbors: int = 15, min_dist: float = 0.1,
-                       seed: int = 0, embed: bool = True) -> _GeometryReplicate:
-    """Standardise (n, d) states, embed them with UMAP (unless `embed` is False) and score label clusters."""
-    from sklearn.metrics import silhouette_samples
-    from sklearn.preprocessing import StandardScaler
-
-    Z = StandardScaler().fit_transform(X)
-    spaces = {"raw": Z}
-    emb = np.zeros((len(X), 2))
-    if embed:
-        import umap
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": determinism is the point
-            emb = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed).fit_transform(Z)
-        spaces["umap"] = emb
-    rng = np.random.default_rng([seed, 0x51])
-    sil: dict[str, dict[str, np.ndarray]] = {s: {} for s in spaces}
-    ctl: dict[str, dict[str, np.ndarray]] = {s: {} for s in spaces}
-    for lab, y in labels.items():
-        y = np.asarray(y)
-        perm = rng.permutation(y)
-        for s, P in spaces.items():
-            ok = 2 <= len(np.unique(y)) < len(y)
-            sil[s][lab] = silhouette_samples(P, y) if ok else np.full(len(y), np.nan)
-            ctl[s][lab] = silhouette_samples(P, perm) if ok else np.full(len(y), np.nan)
-    return _GeometryReplicate(np.asarray(emb, dtype=np.float32), sil, ctl)
-
-
-class GeometryResult:
-    """Per role and replicate: the 2-D UMAP embedding and per-example silhouettes per label and space."""
-
-    name = "embedding_geometry"
-
-    def __init__(self, args: dict[str, Any], labels: dict[str, np.ndarray], fixtures: dict[str, str],
-                 runs: dict[str, list[_GeometryReplicate]], seed: int = 0) -> None:
-        self.args, self.labels, self.fixtures, self.runs, self.seed = args, labels, fixtures, runs, seed
-
-    def silhouette(self, role: str, label: str, space: str) -> list[np.ndarray]:
-        return [r.silhouette[space][label] for r in self.runs[role]]
-
-    def control(self, role: str, label: str, space: str) -> list[np.ndarray]:
-        return [r.control[space][label] for r in self.runs[role]]
-
-    def summary(self) -> dict[str, Any]:
-        n = len(next(iter(self.labels.values())))
-        keep = np.sort(np.random.default_rng([self.seed, 0x500]).permutation(n)[: self.args["max_points"]])
-        models = {}
-        for role, runs in self.runs.items():
-            reps = []
-            for r in runs:
-                reps.append({
-                    "silhouette": {s: {lab: round(float(np.mean(v)), 4) for lab, v in d.items()}
-                                   for s, d in r.silhouette.items()},
-                    "control": {s: {lab: round(float(np.mean(v)), 4) for lab, v in d.items()}
-                                for s, d in r.control.items()},
-                    "points": np.round(r.embedding[keep], 3).tolist() if "umap" in r.silhouette else [],
-                })
-            models[role] = {"fixture": self.fixtures.get(role, role), "replicates": reps}
-        return {"name": self.name, "args": dict(self.args), "n": n, "point_index": keep.tolist(),
-                "point_labels": {lab: np.asarray(y)[keep].astype(int).tolist() for lab, y in self.labels.items()},
-                "models": models}
-
-
-@EXPERIMENTS.register("embedding_geometry", params=(
-    Param("labels", "labels", default=["context", "choice"], doc="labels whose clusters are scored"),
-    Param("n_neighbors", "int", default=15, min=2, doc="UMAP n_neighbors"),
-    Param("min_dist", "float", default=0.1, min=0.0, doc="UMAP min_dist"),
-    Param("max_points", "int", default=500, min=1, doc="embedded points per replicate kept for the scatter plot"),
-    Param("batch_size", "int", default=500, min=1, doc="examples per forward pass"),
-))
-def embedding_geometry(ctx: ExperimentContext, labels: list[str] = ("context", "choice"), n_neighbors: int = 15,
-                       min_dist: float = 0.1, max_points: int = 500, batch_size: int = 500) -> GeometryResult:
-    """UMAP of the final hidden state at the answer position; silhouette of label clusters in 2-D and raw."""
-    args = {"labels": list(labels), "n_neighbors": n_neighbors, "min_dist": min_dist, "max_points": max_points,
-            "batch_size": batch_size}
-    batch = ctx.batch
-    _check_labels(batch, list(labels), "labels")
-    lab = {v: np.asarray(batch.labels[v]) for v in labels}
-    from mechcheck.progress import progress_bar
-
-    runs: dict[str, list[_GeometryReplicate]] = {}
-    with progress_bar(ctx.console) as progress:
-        bar = progress.add_task("UMAP", total=sum(len(hs) for hs in ctx.models.values()))
-        for role, handle in ((r, h) for r, hs in ctx.models.items() for h in hs):
-            runs.setdefault(role, [])
-            progress.update(bar, description=f"UMAP: {role} (replicate {len(runs[role]) + 1})")
-            name = f"blocks.{handle.n_layers - 1}.hook_resid_post"
-            X = collect_activations(handle, batch, [name], batch_size)[name]
-            runs[role].append(geometry_replicate(X, lab, n_neighbors, min_dist, ctx.seed))
-            progress.advance(bar)
-    return GeometryResult(args, lab, dict(ctx.fixtures), runs, ctx.seed)
-
-
-# ------------------------------------------------------------------------------------------------ checks
-
-_MODEL = Param("model", "model", required=True, doc="role of the model in the claim's `models`")
-_THAN = Param("than", "model", required=True, doc="role of the model it is compared with")
-
-
-def _expect(ctx, cls, experiment: str):
-    if not isinstance(ctx.result, cls):
-        raise ctx.error(f"this check needs the experiment '{experiment}', but the claim ran "
-                        f"'{getattr(ctx.result, 'name', type(ctx.result).__name__)}'")
-    return ctx.result
-
-
-def _variable(ctx, res: DecodingResult, variable: str) -> None:
-    if variable not in res.variables:
-        raise ctx.error(f"variable: {variable!r} was not decoded (the experiment's `variables`)",
-                        allowed=tuple(res.variables))
-
-
-def _layer_index(ctx, res: DecodingResult, role: str, layer: Any) -> int:
-    layers = res.layers(role)
-    if layer == "last":
-        return len(layers) - 1
-    if layer not in layers:
-        raise ctx.error(f"layer: {layer} was not decoded in model '{role}' (decoded layers: {layers}; "
-                        f"the experiment's `layers: all` decodes every layer)")
-    return layers.index(layer)
-
-
-@CHECKS.register("decoding_accuracy_at_least", params=(
-    _MODEL,
-    Param("variable", "label", required=True, within="variables", doc="a decoded label, e.g. context"),
-    Param("value", "float", required=True, min=0.0, max=1.0, doc="smallest cross-validated accuracy"),
-    Param("layer", "choice", default="last", choices=("last", *range(_MAX_LAYER + 1)),
-          doc="'last' or a decoded layer index"),
-), experiments=("linear_decoding",))
-def decoding_accuracy_at_least(ctx, model: str, variable: str, value: float, layer: Any = "last") -> CheckResult:
-    """The linear decoder's cross-validated accuracy for `variable` is at least `value`."""
-    res = _expect(ctx, DecodingResult, "linear_decoding")
-    _variable(ctx, res, variable)
-    j = _layer_index(ctx, res, model, layer)
-    est = ctx.bootstrap([c[:, j] for c in res.correct(model, variable)])
-    outcome = stats.judge(est, value, ">=")
-    null = res.null_accuracy(model, variable)
-    if null[0].size:
-        ctl = ctx.bootstrap([e[:, j] for e in res.null_examples(model, variable)])
-        p95 = float(np.mean([np.quantile(a[:, j], 0.95) for a in null]))
-        control = {"label": f"shuffled labels ({null[0].shape[0]} permutations)", "estimate": ctl.estimate,
-                   "lo": ctl.lo, "hi": ctl.hi, "p95": p95, "chance": res.chance(variable)}
-        ctl_text = f"shuffled-label null {ctl.estimate:.3f} (95th pct {p95:.3f})"
-    else:
-        control = {"label": "chance (majority class)", "estimate": res.chance(variable)}
-        ctl_text = f"chance {res.chance(variable):.3f}"
-    at = res.layers(model)[j]
-    msg = (f"{res.args['classifier']} decoding of '{variable}' from {res.args['site']} layer {at} of '{model}' = "
-           f"{est} (needs >= {value}; {ctl_text})")
-    return CheckResult("decoding_accuracy_at_least", {}, outcome, msg, est, value, ">=", control,
-                       {"layer": at, "site": res.args["site"]})
-
-
-@CHECKS.register("decoding_above_null", params=(
-    _MODEL,
-    Param("variable", "label", required=True, within="variables", doc="a decoded label, e.g. context"),
-    Param("alpha", "float", default=0.01, min=0.0, max=1.0, doc="significance level (Holm over decoded layers)"),
-), experiments=("linear_decoding",))
-def decoding_above_null(ctx, model: str, variable: str, alpha: float = 0.01) -> CheckResult:
-    """In every replicate the decoder beats its shuffled-label null (at some layer, Holm over layers)."""
-    res = _expect(ctx, DecodingResult, "linear_decoding")
-    _variable(ctx, res, variable)
-    if res.args["n_shuffle"] < 1:
-        raise ctx.error("decoding_above_null needs a shuffled-label null: set the experiment's n_shuffle >= 1")
-    layers = res.layers(model)
-    correct, null, null_ex = res.correct(model, variable), res.null_accuracy(model, variable), \
-        res.null_examples(model, variable)
-    per_rep, beats, diffs = [], 0, []
-    for c, na, ne, p in zip(correct, null, null_ex, res.p_values(model, variable)):
-        acc = np.nanmean(c, 0) if not np.isnan(c).all() else np.full(len(layers), np.nan)
-        if np.isnan(p[0]).any():
-            p_holm = np.full(len(layers), np.nan)
-        else:
-            p_holm = stats.holm(p[0])
-        above_all = acc > na.max(0)
-        ok = (p_holm < alpha) & above_all
-        best = int(np.nanargmin(p_holm)) if not np.isnan(p_holm).all() else 0
-        beats += bool(ok.any())
-        diffs.append(c[:, best] - ne[:, best])
-        per_rep.append({"best_layer": layers[best], "accuracy": [round(float(a), 4) for a in acc],
-                        "null_mean": [round(float(x), 4) for x in na.mean(0)],
-                        "p_holm": [round(float(x), 6) for x in p_holm], "beats_null": bool(ok.any())})
-    est = ctx.bootstrap(diffs)
-    n_rep = len(correct)
-    if any(np.isnan(c).all() for c in correct):
-        outcome = "error"
-    else:
-        outcome = "passed" if beats == n_rep else "failed" if beats == 0 else "inconclusive"
-    where = f"best layer per replicate {[r['best_layer'] for r in per_rep]}" if len(layers) > 1 else f"layer {layers[0]}"
-    msg = (f"decoding '{variable}' from '{model}' beats its shuffled-label null in {beats}/{n_rep} replicates "
-           f"(p < {alpha}{', Holm over layers' if len(layers) > 1 else ''}, and above every shuffle); "
-           f"accuracy minus null = {est} at the {where}")
-    control = {"label": f"shuffled labels ({res.args['n_shuffle']} permutations)",
-               "estimate": float(np.mean([r["null_mean"][layers.index(r["best_layer"])] for r in per_rep])),
-               "chance": res.chance(variable)}
-    return CheckResult("decoding_above_null", {}, outcome, msg, est, 0.0, ">=", control,
-                       {"replicates": per_rep, "layers": layers, "significant_replicates": beats})
-
-
-def _independent_mixed_share(shares: list[dict[str, float]]) -> float:
-    """Expected share of units selective for >= 2 variables if selectivity for each variable were independent."""
-    out = []
-    for s in shares:
-        p = np.array(list(s.values()))
-        none = np.prod(1 - p)
-        one = sum(p[i] * np.prod(np.delete(1 - p, i)) for i in range(len(p)))
-        out.append(1 - none - one)
-    return float(np.mean(out)) if out else math.nan
-
-
-@CHECKS.register("mixed_selectivity_higher", params=(
-    _MODEL, _THAN,
-    Param("by", "float", default=0.0, min=-1.0, max=1.0, doc="smallest difference of mixed-selective shares"),
-), experiments=("linear_decoding",))
-def mixed_selectivity_higher(ctx, model: str, than: str, by: float = 0.0) -> CheckResult:
-    """The share of mixed-selective final-layer units in `model` exceeds that in `than` by at least `by`."""
-    res = _expect(ctx, DecodingResult, "linear_decoding")
-    a, b = res.mixed(model), res.mixed(than)
-    est = two_sample_bootstrap(a, b, ctx.n_boot, ctx.seed)
-    outcome = stats.judge(est, by, ">=")
-    share_a, share_b = float(np.mean([x.mean() for x in a])), float(np.mean([x.mean() for x in b]))
-    indep_a = _independent_mixed_share(res.selective_shares(model))
-    msg = (f"share of mixed-selective units (>= 2 of {res.args['selectivity']}) in '{model}' minus '{than}' = {est} "
-           f"(needs >= {by}; {share_a:.3f} vs {share_b:.3f}; '{model}' if its units were selective independently: "
-           f"{indep_a:.3f})")
-    control = {"label": f"'{model}' expected if selectivity were independent across variables", "estimate": indep_a,
-               "than_share": share_b}
-    details = {role: {"mixed_share": [float(x.mean()) for x in res.mixed(role)],
-                      "any_selective_share": [float(x.mean()) for x in res.selective_any(role)],
-                      "selective_share": res.selective_shares(role)} for role in (model, than)}
-    return CheckResult("mixed_selectivity_higher", {}, outcome, msg, est, by, ">=", control, details)
-
-
-_LABEL = Param("label", "label", required=True, within="labels", doc="a label of the experiment's `labels`")
-_SPACE = Param("space", "choice", default="umap", choices=("umap", "raw"),
-               doc="the 2-D UMAP embedding or the standardised hidden states")
-
-
-def _geometry_label(ctx, res: GeometryResult, label: str) -> None:
-    if label not in res.args["labels"]:
-        raise ctx.error(f"label: {label!r} was not scored (the experiment's `labels`)",
-                        allowed=tuple(res.args["labels"]))
-
-
-@CHECKS.register("silhouette_at_least", params=(
-    _MODEL, _LABEL, _SPACE,
-    Param("value", "float", required=True, min=-1.0, max=1.0, doc="smallest mean silhouette"),
-), experiments=("embedding_geometry",))
-def silhouette_at_least(ctx, model: str, label: str, value: float, space: str = "umap") -> CheckResult:
-    """The mean silhouette of `label`'s clusters in `model`'s final states is at least `value`."""
-    res = _expect(ctx, GeometryResult, "embedding_geometry")
-    _geometry_label(ctx, res, label)
-    est = ctx.bootstrap(res.silhouette(model, label, space))
-    ctl = ctx.bootstrap(res.control(model, label, space))
-    outcome = stats.judge(est, value, ">=")
-    msg = (f"silhouette of '{label}' clusters in the {space} space of '{model}' = {est} (needs >= {value}; "
-           f"permuted labels: {ctl.estimate:.3f})")
-    return CheckResult("silhouette_at_least", {}, outcome, msg, est, value, ">=",
-                       {"label": "permuted labels", "estimate": ctl.estimate, "lo": ctl.lo, "hi": ctl.hi})
-
-
-@CHECKS.register("silhouette_higher", params=(
-    _MODEL, _THAN, _LABEL, _SPACE,
-    Param("by", "float", default=0.0, min=-2.0, max=2.0, doc="smallest difference of mean silhouettes"),
-), experiments=("embedding_geometry",))
-def silhouette_higher(ctx, model: str, than: str, label: str, space: str = "umap", by: float = 0.0) -> CheckResult:
-    """`label`'s clusters are more separated (mean silhouette) in `model` than in `than`."""
-    res = _expect(ctx, GeometryResult, "embedding_geometry")
-    _geometry_label(ctx, res, label)
-    est = two_sample_bootstrap(res.silhouette(model, label, space), res.silhouette(than, label, space),
-                               ctx.n_boot, ctx.seed)
-    outcome = stats.judge(est, by, ">=")
-    sa = float(np.mean([x.mean() for x in res.silhouette(model, label, space)]))
-    sb = float(np.mean([x.mean() for x in res.silhouette(than, label, space)]))
-    ctl = two_sample_bootstrap(res.control(model, label, space), res.control(than, label, space), ctx.n_boot, ctx.seed)
-    msg = (f"silhouette of '{label}' in the {space} space, '{model}' minus '{than}' = {est} (needs >= {by}; "
-           f"{sa:.3f} vs {sb:.3f}; with permuted labels: {ctl.estimate:.3f})")
-    return CheckResult("silhouette_higher", {}, outcome, msg, est, by, ">=",
-                       {"label": "difference with permuted labels", "estimate": ctl.estimate, "lo": ctl.lo,
-                        "hi": ctl.hi})
+    return ctx.per_replicate(units)

@@ -1,7 +1,8 @@
 """Evaluate: each model's per-example answer metrics on the eval data, nothing else.
 
-For claims about behaviour rather than mechanism ("both models solve the task"): the checks that read clean
-metrics (`accuracy_at_least`) work on it exactly as on a `head_ablation` result, without paying for a sweep.
+For claims about behaviour rather than mechanism ("both models solve the task"). Its unit, ``clean``, is the
+same unit every other experiment plans for clean metrics, so a model's clean accuracy on a data set is
+measured once however many claims read it.
 """
 
 from __future__ import annotations
@@ -10,48 +11,40 @@ from typing import Any
 
 import numpy as np
 
-from mechcheck.experiments import ExperimentContext
+from mechcheck.experiments import Plan, PlanContext
+from mechcheck.measurements import Measurements, UnitResult
 from mechcheck.metrics import METRICS
-from mechcheck.registry import EXPERIMENTS, Param
+from mechcheck.registry import EXPERIMENTS, UNITS, Param
 
-__all__ = ["evaluate", "EvaluateResult"]
+__all__ = ["evaluate", "clean_unit", "clean_summary"]
 
 
-class EvaluateResult:
-    """Per role and replicate: clean per-example metrics."""
+@UNITS.register("clean", version="1", doc="per-example answer metrics and candidate logits of the clean model")
+def clean_unit(ctx) -> UnitResult:
+    from mechcheck.interventions import run
 
-    def __init__(self, args: dict[str, Any], batch, fixtures: dict[str, str], handles: dict[str, list[Any]],
-                 clean: dict[str, list[dict[str, np.ndarray]]]) -> None:
-        self.args, self.batch, self.fixtures, self.handles, self._clean = args, batch, fixtures, handles, clean
+    out = run(ctx.model, ctx.batch, batch_size=ctx.args["batch_size"])
+    return UnitResult({**out.metrics, "candidate_logits": out.candidate_logits})
 
-    @property
-    def metric(self) -> str:
-        return "accuracy"
 
-    def shape(self, role: str) -> tuple[int, int]:
-        h = self.handles[role][0]
-        return h.n_layers, h.n_heads
+def clean_summary(meas: Measurements) -> dict[str, Any]:
+    """Per role: fixture and each replicate's mean clean metrics."""
+    return {role: {"fixture": data.fixture,
+                   "clean": {m: [float(v.mean()) for v in data.values(f"clean/{m}")] for m in METRICS}}
+            for role, data in meas.roles.items()}
 
-    def n_replicates(self, role: str) -> int:
-        return len(self._clean[role])
 
-    def clean(self, role: str, metric: str) -> list[np.ndarray]:
-        return [c[metric] for c in self._clean[role]]
-
-    def summary(self) -> dict[str, Any]:
-        models = {role: {"fixture": self.fixtures.get(role, role),
-                         "clean": {m: [float(c[m].mean()) for c in runs] for m in METRICS}}
-                  for role, runs in self._clean.items()}
-        return {"name": "evaluate", "args": dict(self.args), "n": len(self.batch), "models": models}
+def _summary(meas: Measurements) -> dict[str, Any]:
+    return {"name": "evaluate", "args": dict(meas.args), "n": meas.n, "models": clean_summary(meas)}
 
 
 @EXPERIMENTS.register("evaluate", params=(
     Param("batch_size", "int", default=500, min=1, doc="examples per forward pass"),
-))
-def evaluate(ctx: ExperimentContext, batch_size: int = 500) -> EvaluateResult:
+), summary=_summary)
+def evaluate(ctx: PlanContext, batch_size: int = 500) -> Plan:
     """Per-example accuracy and logit difference of every model on the eval data."""
-    from mechcheck.experiments.head_ablation import forward_metrics
+    return ctx.per_replicate(lambda role, i, ref: {"clean": ctx.unit("clean", (ref,), batch_size=batch_size)})
 
-    clean = {role: [forward_metrics(h, ctx.batch, batch_size=batch_size) for h in handles]
-             for role, handles in ctx.models.items()}
-    return EvaluateResult({"batch_size": batch_size}, ctx.batch, dict(ctx.fixtures), ctx.models, clean)
+
+def mean_of(values: list[np.ndarray]) -> list[float]:
+    return [float(np.mean(v)) for v in values]

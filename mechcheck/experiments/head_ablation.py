@@ -4,219 +4,149 @@ For every layer L and head H, the head's output before the output projection (``
 ``[batch, pos, head, d_head]``) is replaced, and the change of a per-example metric is recorded:
 
   zero ablation  z[:, :, H] := 0
-  mean ablation  z[:, p, H] := mean over the eval set of z[:, p, H]   (position-specific, as in Prakash 2024)
+  mean ablation  z[:, p, H] := mean over the eval set of z[:, p, H]   (position-specific, as in Prakash 2024;
+                                                                       padding positions left out of the mean)
 
 `positions: answer` restricts the replacement to each example's answer position. Whole layers (all heads of
-a layer at once) are ablated too, because single-head effects hide redundancy (NOTES.md: single heads cost
-<= 1.4 pp where whole layers cost 24-46 pp). The clean run is computed once per model and also yields the
-mean activations and the attention paid from the answer position to each token group.
+a layer at once) are ablated too, because single-head effects hide redundancy (ablating one head can cost
+<= 1.4 pp where the whole layer costs 24-46 pp).
 
-Effects are exact (one forward pass per head; no attribution approximation). Per-example metrics:
-  accuracy    1 when the correct candidate's logit is strictly larger than every other candidate's
-              (a tie is not a decision, so it counts as wrong)
-  logit_diff  correct logit minus the largest other candidate logit
-An effect is clean minus ablated, so positive means "the model needed this head".
+Effects are exact: `mechcheck.interventions.ablation_sweep` runs each ablation from the ablated layer up,
+from the clean run's kept block inputs (the lower blocks would compute the same bits). An effect is clean
+minus ablated, so positive means "the model needed this head". Metrics: `mechcheck.metrics`.
+
+Units (each cached on its own): ``clean`` (shared with `evaluate`), ``sweep`` (every single head and every
+whole layer), ``attention`` (share of attention from the answer position to each token group, per head), and,
+on a check's request, ``ablation_set`` (chosen sets of heads ablated jointly, e.g. a check's top-3).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mechcheck.metrics import METRICS, answer_metrics
-from mechcheck.experiments import ExperimentContext
-from mechcheck.registry import EXPERIMENTS, Param
-from mechcheck.tasks import TaskBatch
+from mechcheck import stats
+from mechcheck.experiments import Plan, PlanContext
+from mechcheck.experiments.evaluate import clean_summary
+from mechcheck.measurements import Measurements, Request, UnitResult
+from mechcheck.metrics import METRICS
+from mechcheck.registry import EXPERIMENTS, UNITS, Param
 
-__all__ = ["head_ablation", "HeadAblationResult", "ExperimentContext", "forward_metrics", "hf_attention_patterns",
-           "Heads"]
+__all__ = ["head_ablation", "sweep_unit", "attention_unit", "ablation_set_unit", "centroid", "SIGNIFICANCE"]
 
-Heads = tuple[tuple[int, int], ...]
-
-
-#: the unembedding's input: gathering the answer positions there skips the vocabulary projection of every
-#: other position (most of the compute of a small model with a large vocabulary; identical values)
-_ANSWER_ONLY = "unembed.hook_in"
+#: significance level of the per-head tests that decide which heads make a layer profile (one-sided, Holm)
+SIGNIFICANCE = 0.05
 
 
-def _batches(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
+def centroid(eff: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray, alpha: float = SIGNIFICANCE) -> tuple[float, np.ndarray]:
+    """(layer centroid, layer profile) of one replicate's (n, L, H) effects, debiased.
 
-
-def _tensors(batch: TaskBatch, sl: slice, device: str):
-    import torch
-
-    return (torch.as_tensor(batch.tokens[sl], device=device), torch.as_tensor(batch.answer_pos[sl], device=device),
-            torch.as_tensor(batch.candidates, device=device), torch.as_tensor(batch.target[sl], device=device))
-
-
-def _ablation_hooks(heads: Heads, method: str, positions: str, mean_z: dict[int, Any] | None, answer_pos):
-    """Forward hooks that replace the outputs of `heads` (grouped by layer) at hook_z."""
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    hooks = []
-    for layer, hs in sorted(by_layer.items()):
-        def hook(z, hook, hs=hs, layer=layer):  # z: (B, T, H, d_head)
-            z = z.clone()
-            if positions == "all":
-                z[:, :, hs, :] = 0.0 if method == "zero" else mean_z[layer][None, : z.shape[1], hs, :]
-            else:
-                rows = np.arange(z.shape[0])
-                pos = answer_pos.cpu().numpy()
-                for h in hs:
-                    z[rows, pos, h, :] = 0.0 if method == "zero" else mean_z[layer][pos, h, :]
-            return z
-
-        hooks.append((f"blocks.{layer}.attn.hook_z", hook))
-    return hooks
-
-
-def forward_metrics(handle, batch: TaskBatch, heads: Heads = (), method: str = "zero", positions: str = "all",
-                    mean_z: dict[int, Any] | None = None, batch_size: int = 500) -> dict[str, np.ndarray]:
-    """Per-example metrics of `handle` on `batch` with `heads` ablated (none: the clean run)."""
-    import torch
-
-    out: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
-    gather = _ANSWER_ONLY in handle.bridge.hook_dict
-    with torch.no_grad():
-        for sl in _batches(len(batch), batch_size):
-            tokens, answer_pos, candidates, target = _tensors(batch, sl, handle.device)
-            hooks = _ablation_hooks(heads, method, positions, mean_z, answer_pos) if heads else []
-            if gather:  # unembed the answer position only: (B, 1, V) logits, read at position 0
-                rows = torch.arange(tokens.shape[0], device=tokens.device)
-                hooks.append((_ANSWER_ONLY, lambda x, hook, rows=rows, pos=answer_pos: x[rows, pos][:, None, :]))
-            logits = handle.bridge.run_with_hooks(tokens, fwd_hooks=hooks) if hooks else handle.bridge(tokens)
-            read_at = torch.zeros_like(answer_pos) if gather else answer_pos
-            for m, v in answer_metrics(logits, read_at, candidates, target).items():
-                out[m].append(v)
-    return {m: np.concatenate(v) for m, v in out.items()}
-
-
-@dataclass
-class _Replicate:
-    """Everything measured on one replicate of one role."""
-
-    handle: Any
-    clean: dict[str, np.ndarray]  # metric -> (n,)
-    head_effect: dict[str, np.ndarray]  # metric -> (n, L, H)
-    layer_effect: dict[str, np.ndarray]  # metric -> (n, L)
-    attention: dict[str, np.ndarray]  # token group -> (n, L, H)
-    mean_z: dict[int, Any]
-    joint: dict[Heads, dict[str, np.ndarray]] = field(default_factory=dict)
-
-
-def _clean_run(handle, batch: TaskBatch, batch_size: int):
-    """Clean metrics, per-position mean of hook_z over the batch, and attention shares from the answer position."""
-    import torch
-
-    L = handle.n_layers
-    names = {f"blocks.{layer}.attn.hook_z" for layer in range(L)} | {f"blocks.{layer}.attn.hook_pattern" for layer in range(L)}
-    hooked = all(n in handle.bridge.hook_dict for n in names)  # else: patterns from the HF model
-    z_sum = {layer: None for layer in range(L)}
-    clean: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
-    attention: dict[str, list[np.ndarray]] = {g: [] for g in batch.groups}
-    with torch.no_grad():
-        for sl in _batches(len(batch), batch_size):
-            tokens, answer_pos, candidates, target = _tensors(batch, sl, handle.device)
-            logits, cache = handle.bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
-            hf_patterns = None if hooked else hf_attention_patterns(handle, tokens)
-            for m, v in answer_metrics(logits, answer_pos, candidates, target).items():
-                clean[m].append(v)
-            rows = torch.arange(tokens.shape[0], device=tokens.device)
-            per_layer = []
-            for layer in range(L):
-                z = cache[f"blocks.{layer}.attn.hook_z"].double().sum(0)  # (T, H, d_head)
-                z_sum[layer] = z if z_sum[layer] is None else z_sum[layer] + z
-                pattern = cache[f"blocks.{layer}.attn.hook_pattern"] if hooked else hf_patterns[layer]  # (B, H, Tq, Tk)
-                per_layer.append(pattern[rows, :, answer_pos, :])  # (B, H, Tk)
-            att = torch.stack(per_layer, dim=1).float()  # (B, L, H, Tk)
-            for g, mask in batch.groups.items():
-                m = torch.as_tensor(mask[sl], device=att.device, dtype=att.dtype)[:, None, None, :]
-                attention[g].append((att * m).sum(-1).cpu().numpy())
-    mean_z = {layer: (z_sum[layer] / len(batch)).to(torch.float32) for layer in range(L)}
-    return ({m: np.concatenate(v) for m, v in clean.items()}, mean_z,
-            {g: np.concatenate(v) for g, v in attention.items()})
-
-
-def hf_attention_patterns(handle, tokens) -> list[Any]:
-    """Per layer (B, H, Tq, Tk) attention patterns from the HF model (`output_attentions`, eager attention),
-    for bridges without ``hook_pattern``."""
-    L = handle.n_layers
-    attentions = handle.hf(tokens, output_attentions=True).attentions
-    # Once the bridge wraps the attention modules, HF's recorder can catch each layer's weights k times in a
-    # row (k = 3 for BERT under transformer-lens 4.3): keep one of each run.
-    if not attentions or len(attentions) % L:
-        raise RuntimeError(f"{type(handle.hf).__name__}: got {len(attentions or ())} attention patterns for {L} layers")
-    return list(attentions[:: len(attentions) // L])
-
-
-class HeadAblationResult:
-    """Per role and replicate: clean metrics, single-head and whole-layer effects, attention shares.
-
-    `joint_effect` runs further ablations on demand (memoised), for checks about sets of heads.
+    Heads count when their effect is significant on rows_a (one-sided, Holm over all L x H heads); each counts
+    with its mean effect on rows_b (not clipped: an unbiased estimate of a head chosen without those rows).
+    LP(l) sums them per layer; the centroid is sum_l l LP(l) / sum_l LP(l), NaN when nothing counts.
     """
+    n, L, H = eff.shape
+    flat = eff.reshape(n, L * H)
+    significant = stats.holm(stats.paired_pvalues(flat[rows_a])) < alpha
+    if not significant.any():
+        return float("nan"), np.zeros(L)
+    weight = np.where(significant, flat[rows_b].mean(0), 0.0).reshape(L, H)
+    profile = weight.sum(1)
+    total = profile.sum()
+    if total <= 0:
+        return float("nan"), profile
+    return float((np.arange(L) * profile).sum() / total), profile
 
-    def __init__(self, args: dict[str, Any], batch: TaskBatch, fixtures: dict[str, str],
-                 runs: dict[str, list[_Replicate]]) -> None:
-        self.args, self.batch, self.fixtures, self.runs = args, batch, fixtures, runs
 
-    @property
-    def metric(self) -> str:
-        return self.args["metric"]
 
-    def shape(self, role: str) -> tuple[int, int]:
-        h = self.runs[role][0].handle
-        return h.n_layers, h.n_heads
 
-    def n_replicates(self, role: str) -> int:
-        return len(self.runs[role])
+def _reference(ctx, method: str, batch_size: int):
+    """The eval set's position-specific mean of every layer's hook_z (for mean ablation), or None."""
+    if method == "zero":
+        return None
+    from mechcheck.interventions import reference
 
-    def clean(self, role: str, metric: str) -> list[np.ndarray]:
-        return [r.clean[metric] for r in self.runs[role]]
+    sites = [f"blocks.{layer}.attn.hook_z" for layer in range(ctx.model.n_layers)]
+    return reference(ctx.model, ctx.batch, sites, batch_size=batch_size, examples=method == "resample")
 
-    def head_effects(self, role: str, metric: str) -> list[np.ndarray]:
-        """Per replicate, (n, L, H) per-example effect of ablating each head alone."""
-        return [r.head_effect[metric] for r in self.runs[role]]
 
-    def layer_effects(self, role: str, metric: str) -> list[np.ndarray]:
-        return [r.layer_effect[metric] for r in self.runs[role]]
+@UNITS.register("sweep", version="1", doc="effect of ablating every head alone and every whole layer")
+def sweep_unit(ctx) -> UnitResult:
+    from mechcheck.interventions import Job, ablation_sweep
 
-    def attention(self, role: str, group: str) -> list[np.ndarray]:
-        """Per replicate, (n, L, H) share of attention from the answer position to `group`."""
-        return [r.attention[group] for r in self.runs[role]]
+    a = ctx.args
+    model = ctx.model
+    L, H = model.n_layers, model.n_heads
+    jobs = [Job(((layer, head),)) for layer in range(L) for head in range(H)]
+    jobs += [Job(tuple((layer, head) for head in range(H))) for layer in range(L)]
+    out = ablation_sweep(model, ctx.batch, jobs, method=a["method"], positions=a["positions"],
+                         reference=_reference(ctx, a["method"], a["batch_size"]), batch_size=a["batch_size"],
+                         progress=ctx.progress)
+    n = len(ctx.batch)
+    arrays = {}
+    for m in METRICS:
+        arrays[f"head/{m}"] = out.effects[m][:, : L * H].reshape(n, L, H)
+        arrays[f"layer/{m}"] = out.effects[m][:, L * H:]
+    return UnitResult(arrays)
 
-    def joint_effect(self, role: str, replicate: int, heads: Heads, metric: str) -> np.ndarray:
-        """(n,) per-example effect of ablating all of `heads` together in one replicate."""
-        run = self.runs[role][replicate]
-        key = tuple(sorted(set(heads)))
-        if key not in run.joint:
-            ablated = forward_metrics(run.handle, self.batch, key, self.args["method"], self.args["positions"],
-                                      run.mean_z, self.args["batch_size"])
-            run.joint[key] = {m: run.clean[m] - ablated[m] for m in METRICS}
-        return run.joint[key][metric]
 
-    def summary(self) -> dict[str, Any]:
-        """JSON-able summary for the report (seed-level means; per-example arrays stay out of the JSON)."""
-        models = {}
-        for role, runs in self.runs.items():
-            L, H = self.shape(role)
-            metric = self.metric
-            models[role] = {
-                "fixture": self.fixtures.get(role, role),
-                "n_layers": L,
-                "n_heads": H,
-                "metric": metric,
-                "clean": {m: [float(r.clean[m].mean()) for r in runs] for m in METRICS},
-                "head_effect": [np.round(r.head_effect[metric].mean(0), 5).tolist() for r in runs],
-                "layer_effect": [np.round(r.layer_effect[metric].mean(0), 5).tolist() for r in runs],
-                "attention": {g: [np.round(r.attention[g].mean(0), 4).tolist() for r in runs]
-                              for g in self.batch.groups},
-            }
-        return {"name": "head_ablation", "args": dict(self.args), "n": len(self.batch), "models": models}
+@UNITS.register("ablation_set", version="1", doc="effect of ablating each of several sets of heads jointly")
+def ablation_set_unit(ctx) -> UnitResult:
+    from mechcheck.interventions import Job, ablation_sweep
+
+    a = ctx.args
+    jobs = [Job(tuple((int(layer), int(head)) for layer, head in s)) for s in a["sets"]]
+    out = ablation_sweep(ctx.model, ctx.batch, jobs, method=a["method"], positions=a["positions"],
+                         reference=_reference(ctx, a["method"], a["batch_size"]), batch_size=a["batch_size"],
+                         progress=ctx.progress)
+    return UnitResult({f"set/{m}": out.effects[m] for m in METRICS})
+
+
+@UNITS.register("attention", version="1", doc="share of attention from the answer position to each token group")
+def attention_unit(ctx) -> UnitResult:
+    """Per token group, (n, L, H): the attention the answer position pays to that group's positions."""
+    from mechcheck.interventions import Read, run
+
+    model, batch = ctx.model, ctx.batch
+    L = model.n_layers
+    sites = [f"blocks.{layer}.attn.hook_pattern" for layer in range(L)]
+    reads = run(model, batch, read=[Read(s) for s in sites], batch_size=ctx.args["batch_size"]).reads
+    att = np.stack([reads[s] for s in sites], axis=1)  # (n, L, H, Tk): from the answer position
+    return UnitResult({g: (att * batch.groups[g][:, None, None, :]).sum(-1).astype(np.float32)
+                       for g in ctx.args["groups"]})
+
+
+def _summary(meas: Measurements) -> dict[str, Any]:
+    """Per role: seed-level means of the head and layer effects and of the attention shares (no per-example
+    arrays; the measurement store keeps those)."""
+    metric = meas.args["metric"]
+    clean = clean_summary(meas)
+    a, b = stats.split_halves(meas.n, meas.seed)
+    models = {}
+    for role, data in meas.roles.items():
+        profiles = [centroid(e, a, b) for e in data.values(f"sweep/head/{metric}")]
+        models[role] = {
+            # the debiased layer profile of `layer_centroid_higher` (significant heads only), per replicate
+            "layer_profile": [np.round(p, 5).tolist() for _, p in profiles],
+            "centroid": [None if np.isnan(c) else round(c, 4) for c, _ in profiles],
+            "fixture": data.fixture, "n_layers": data.n_layers, "n_heads": data.n_heads, "metric": metric,
+            "clean": clean[role]["clean"],
+            "head_effect": [np.round(e.mean(0), 5).tolist() for e in data.values(f"sweep/head/{metric}")],
+            "layer_effect": [np.round(e.mean(0), 5).tolist() for e in data.values(f"sweep/layer/{metric}")],
+            "attention": {g: [np.round(a.mean(0), 4).tolist() for a in data.values(f"attention/{g}")]
+                          for g in meas.groups},
+        }
+    return {"name": "head_ablation", "args": dict(meas.args), "n": meas.n, "models": models}
+
+
+def _request(ctx: PlanContext, args: dict[str, Any], request: Request, ref):
+    """The unit that answers a check's request (joint ablations of head sets, with this experiment's method)."""
+    if request.kind != "ablation_set":
+        raise ValueError(f"head_ablation cannot answer a request for {request.kind!r}")
+    sets = request.arguments["sets"]
+    return ctx.unit("ablation_set", (ref,), method=args["method"], positions=args["positions"],
+                    batch_size=args["batch_size"], sets=sets)
 
 
 @EXPERIMENTS.register("head_ablation", params=(
@@ -228,40 +158,15 @@ class HeadAblationResult:
           doc="ablate at every position, or only at the answer position"),
     Param("batch_size", "int", default=500, min=1, doc="examples per forward pass"),
     Param("n_control", "int", default=10, min=1, doc="random head sets drawn for matched controls"),
-))
-def head_ablation(ctx: ExperimentContext, method: str = "mean", metric: str = "accuracy", positions: str = "all",
-                  batch_size: int = 500, n_control: int = 10) -> HeadAblationResult:
+), summary=_summary, request=_request)
+def head_ablation(ctx: PlanContext, method: str = "mean", metric: str = "accuracy", positions: str = "all",
+                  batch_size: int = 500, n_control: int = 10) -> Plan:
     """Ablate every head, and every whole layer, one at a time; record the per-example change of the metric."""
-    from mechcheck.progress import progress_bar
+    groups = sorted(ctx.batch.groups)
 
-    args = {"method": method, "metric": metric, "positions": positions, "batch_size": batch_size,
-            "n_control": n_control}
-    batch = ctx.batch
-    runs: dict[str, list[_Replicate]] = {}
-    total = sum(len(hs) * (h.n_layers * h.n_heads + h.n_layers + 1) for hs in ctx.models.values() for h in hs[:1])
-    console = ctx.console
-    progress = progress_bar(console)
-    with progress:
-        bar = progress.add_task("head ablation", total=total)
-        for role, handles in ctx.models.items():
-            runs[role] = []
-            for i, handle in enumerate(handles):
-                progress.update(bar, description=f"head ablation: {role} (replicate {i + 1}/{len(handles)})")
-                clean, mean_z, attention = _clean_run(handle, batch, batch_size)
-                progress.advance(bar)
-                L, H = handle.n_layers, handle.n_heads
-                head_eff = {m: np.zeros((len(batch), L, H), dtype=np.float32) for m in METRICS}
-                layer_eff = {m: np.zeros((len(batch), L), dtype=np.float32) for m in METRICS}
-                for layer in range(L):
-                    for head in range(H):
-                        ablated = forward_metrics(handle, batch, ((layer, head),), method, positions, mean_z, batch_size)
-                        for m in METRICS:
-                            head_eff[m][:, layer, head] = clean[m] - ablated[m]
-                        progress.advance(bar)
-                    ablated = forward_metrics(handle, batch, tuple((layer, h) for h in range(H)), method, positions,
-                                              mean_z, batch_size)
-                    for m in METRICS:
-                        layer_eff[m][:, layer] = clean[m] - ablated[m]
-                    progress.advance(bar)
-                runs[role].append(_Replicate(handle, clean, head_eff, layer_eff, attention, mean_z))
-    return HeadAblationResult(args, batch, dict(ctx.fixtures), runs)
+    def units(role, i, ref):
+        return {"clean": ctx.unit("clean", (ref,), batch_size=batch_size),
+                "sweep": ctx.unit("sweep", (ref,), method=method, positions=positions, batch_size=batch_size),
+                "attention": ctx.unit("attention", (ref,), groups=groups, batch_size=batch_size)}
+
+    return ctx.per_replicate(units)

@@ -1,0 +1,375 @@
+"""Ablation checks: which heads a model needs, where they sit, and what they attend to.
+
+Selection. A check that names heads by rank (`top_head`, `top_3`) picks them on one half of the eval examples
+(the halves are fixed by the claim's data seed) and measures them on the other half only, so "the most
+important head" is not inflated by the noise that made it win (the winner's curse). Using both halves in turn
+(cross-fitting) was measured to be overconfident: the same head tends to win both halves, so the two
+measurements are not independent. Ties in the ranking are broken at random under the claim's seed (or shared
+as fractional credit), never by position: heads with an effect of exactly 0 must not fill a top-k in layer
+order.
+
+Significance. `top_heads_in_layers` counts a top head only if its effect is significant on the measurement
+half (one-sided sign test or t-test on the paired per-example changes, Holm over the heads tested).
+`layer_centroid_higher` builds each replicate's layer profile from the heads that are significant on the
+selection half (Holm over all heads), weighted by their effect on the other half: noise in heads that do
+nothing no longer adds mass to every layer (clipping estimated effects at 0 did, and pulled every centroid to
+the middle layer: a model that was only noisier "looked later" 89 % of the time).
+
+Per-replicate statistics (a share of heads, a centroid) get a t interval over replicates whose variance is
+floored by each replicate's own sampling variance (a bootstrap over examples, selection redone in every draw).
+
+Controls: random heads of the same count (for one head, the mean over all other heads; for k heads,
+`n_control` random sets ablated jointly), chance for shares, uniform attention for attention.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from mechcheck import stats
+from mechcheck.checks import MODEL, CheckContext, metric_of
+from mechcheck.checks.behaviour import scope_note
+from mechcheck.experiments.head_ablation import SIGNIFICANCE, centroid
+from mechcheck.registry import CHECKS, Param
+from mechcheck.results import CheckResult
+
+__all__ = ["effect_at_least", "effect_at_most", "attention_to", "top_heads_in_layers", "layer_centroid_higher"]
+
+Heads = tuple[tuple[int, int], ...]
+_TOP = re.compile(r"^top_(head|\d+)$")
+_METRIC = Param("metric", "choice", choices=("accuracy", "logit_diff"),
+                doc="per-example metric (default: the experiment's metric)")
+#: significance level of the per-head tests behind shares and centroids
+_ALPHA = SIGNIFICANCE
+
+
+# ---------------------------------------------------------------------------------------------- selection
+
+
+def _k(heads: Any) -> int:
+    if isinstance(heads, str):
+        m = _TOP.match(heads)
+        return 1 if m.group(1) == "head" else int(m.group(1))
+    return len(heads)
+
+
+def _halves(ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:
+    return stats.split_halves(ctx.meas.n, ctx.seed)
+
+
+def _flat(i: int, H: int) -> tuple[int, int]:
+    return int(i // H), int(i % H)
+
+
+def _validate_heads(ctx: CheckContext, role: str, heads: list[list[int]]) -> Heads:
+    data = ctx.role(role)
+    L, H = data.n_layers, data.n_heads
+    for layer, head in heads:
+        if not (0 <= layer < L and 0 <= head < H):
+            raise ctx.error(f"head [{layer}, {head}] does not exist in model '{role}' ({L} layers x {H} heads)")
+    return tuple((int(layer), int(head)) for layer, head in heads)
+
+
+def _selection(ctx: CheckContext, role: str, heads: Any, metric: str) -> list[tuple[Heads, np.ndarray]]:
+    """Per replicate, (heads, examples they are measured on): named heads on every example; a rank selector
+    picks the top k on half A (ties at random) and is measured on half B."""
+    data = ctx.role(role)
+    if not isinstance(heads, str):
+        fixed = _validate_heads(ctx, role, heads)
+        return [(fixed, np.arange(ctx.meas.n)) for _ in range(data.n_replicates)]
+    k = _k(heads)
+    L, H = data.n_layers, data.n_heads
+    if k > L * H:
+        raise ctx.error(f"{heads}: model '{role}' has only {L * H} heads")
+    a, b = _halves(ctx)
+    out = []
+    for r, eff in enumerate(data.values(f"sweep/head/{metric}")):
+        top = stats.top_k(eff[a].mean(0).reshape(-1), k, [ctx.seed, r, 0x70])
+        out.append((tuple(sorted(_flat(i, H) for i in top)), b))
+    return out
+
+
+def _set_name(heads: Heads) -> str:
+    return "sets:" + ",".join(f"{layer}.{head}" for layer, head in heads)
+
+
+def _control_sets(ctx: CheckContext, role: str, r: int, heads: Heads) -> list[list[tuple[int, int]]]:
+    data = ctx.role(role)
+    n_control = int(ctx.meas.args.get("n_control", 10))
+    return stats.random_head_sets(data.n_layers, data.n_heads, len(heads), n_control, ctx.seed + r, exclude=heads)
+
+
+def _effect_requests(ctx: CheckContext, model: str, heads: Any, value: float = 0.0, metric: str | None = None,
+                     **_: Any):
+    """Joint ablations of the selected set and of its random controls (sets of more than one head)."""
+    if _k(heads) == 1:
+        return []
+    metric = metric_of(ctx, metric)
+    reqs = []
+    for r, (hs, _rows) in enumerate(_selection(ctx, model, heads, metric)):
+        sets = [list(map(list, hs))] + [list(map(list, s)) for s in _control_sets(ctx, model, r, hs)]
+        reqs.append(ctx.request(model, r, _set_name(hs), "ablation_set", sets=sets))
+    return reqs
+
+
+def _effect_values(ctx: CheckContext, role: str, metric: str, selection) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per replicate, the per-example effect of the selected heads and of the control, on the measured rows."""
+    data = ctx.role(role)
+    values, controls = [], []
+    for r, (hs, rows) in enumerate(selection):
+        if len(hs) == 1:
+            eff = data.values(f"sweep/head/{metric}")[r]  # (n, L, H)
+            layer, head = hs[0]
+            values.append(eff[rows, layer, head])
+            flat = eff[rows].reshape(len(rows), -1)
+            others = [i for i in range(flat.shape[1]) if i != layer * data.n_heads + head] or [0]
+            controls.append(flat[:, others].mean(1))
+        else:
+            sets = ctx.extra(role, r, _set_name(hs))[f"set/{metric}"]  # (n, 1 + n_control)
+            values.append(sets[rows, 0])
+            controls.append(sets[rows, 1:].mean(1) if sets.shape[1] > 1 else np.zeros(len(rows)))
+    return values, controls
+
+
+def _heads_text(heads: Any) -> str:
+    return heads if isinstance(heads, str) else ", ".join(f"L{layer}H{head}" for layer, head in heads)
+
+
+def _selected(selection) -> list[list[str]]:
+    return [[f"L{layer}H{head}" for layer, head in hs] for hs, _ in selection]
+
+
+# -------------------------------------------------------------------------------------------- effect checks
+
+
+def _effect_check(ctx: CheckContext, name: str, model: str, heads: Any, value: float, metric: str | None,
+                  direction: str) -> CheckResult:
+    metric = metric_of(ctx, metric)
+    data = ctx.role(model)
+    sel = _selection(ctx, model, heads, metric)
+    values, controls = _effect_values(ctx, model, metric, sel)
+    est = stats.mean_estimate(values, data.scope, ctx.level)
+    outcome = stats.judge(est, value, direction)
+    ctl = stats.mean_estimate(controls, data.scope, ctx.level)
+    k = len(sel[0][0])
+    label = "mean over all other heads" if k == 1 else \
+        f"{int(ctx.meas.args.get('n_control', 10))} random sets of {k} heads"
+    how = " (chosen on one half of the examples, measured on the other)" if isinstance(heads, str) else ""
+    bound = ">" if direction == ">=" else "<"
+    msg = (f"{metric} drop when ablating {_heads_text(heads)} in '{model}' = {est} (needs {bound} {value}; "
+           f"control {label}: {ctl.estimate:.3f}){how}{scope_note(est)}")
+    return CheckResult(name, {}, outcome, msg, est, value, direction,
+                       {"label": label, "estimate": ctl.estimate, "lo": ctl.lo, "hi": ctl.hi},
+                       {"selected_heads": _selected(sel), "metric": metric})
+
+
+def _effect_params(bound: str) -> tuple[Param, ...]:
+    return (MODEL,
+            Param("heads", "heads", required=True, doc="[[layer, head], ...], 'top_head' or 'top_<k>' (ablated jointly)"),
+            Param("value", "float", required=True, doc=f"{bound} effect (clean minus ablated metric)"),
+            _METRIC)
+
+
+@CHECKS.register("effect_at_least", params=_effect_params("smallest"), experiments=("head_ablation",),
+                 requests=_effect_requests)
+def effect_at_least(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None) -> CheckResult:
+    """Ablating `heads` together lowers the metric by more than `value`."""
+    return _effect_check(ctx, "effect_at_least", model, heads, value, metric, ">=")
+
+
+@CHECKS.register("effect_at_most", params=_effect_params("largest"), experiments=("head_ablation",),
+                 requests=_effect_requests)
+def effect_at_most(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None) -> CheckResult:
+    """Ablating `heads` together lowers the metric by less than `value` (the heads do not matter)."""
+    return _effect_check(ctx, "effect_at_most", model, heads, value, metric, "<=")
+
+
+@CHECKS.register("attention_to", params=(
+    MODEL,
+    Param("heads", "heads", required=True, doc="[[layer, head], ...], 'top_head' or 'top_<k>'"),
+    Param("tokens", "tokens", required=True, doc="token group of the task, e.g. numbers"),
+    Param("at_least", "float", required=True, min=0.0, max=1.0, doc="smallest share of attention"),
+), experiments=("head_ablation",))
+def attention_to(ctx: CheckContext, model: str, heads: Any, tokens: str, at_least: float) -> CheckResult:
+    """Share of attention from the answer position to the `tokens` group, averaged over `heads`."""
+    meas = ctx.meas
+    if tokens not in meas.groups:
+        raise ctx.error(f"tokens: the task marks no token group {tokens!r}", allowed=tuple(sorted(meas.groups)))
+    data = ctx.role(model)
+    sel = _selection(ctx, model, heads, meas.args.get("metric", "accuracy"))
+    att = data.values(f"attention/{tokens}")
+    values, others = [], []
+    for r, (hs, rows) in enumerate(sel):
+        a = att[r][rows]  # (m, L, H)
+        mask = np.zeros(a.shape[1:], dtype=bool)
+        for layer, head in hs:
+            mask[layer, head] = True
+        values.append(a[:, mask].mean(1))
+        others.append(a[:, ~mask].mean(1) if (~mask).any() else a.reshape(len(rows), -1).mean(1))
+    est = stats.mean_estimate(values, data.scope, ctx.level)
+    ctl = stats.mean_estimate(others, data.scope, ctx.level)
+    # what attention spread evenly over the visible positions would give
+    T = meas.groups[tokens].shape[1]
+    visible = np.arange(T)[None, :] <= meas.answer_pos[:, None]
+    uniform = float((meas.groups[tokens] & visible).sum(1).mean() / visible.sum(1).mean())
+    outcome = stats.judge(est, at_least, ">=")
+    msg = (f"attention from the answer position to '{tokens}' in {_heads_text(heads)} of '{model}' = {est} "
+           f"(needs > {at_least}; other heads: {ctl.estimate:.3f}; uniform attention: {uniform:.3f})"
+           f"{scope_note(est)}")
+    return CheckResult("attention_to", {}, outcome, msg, est, at_least, ">=",
+                       {"label": "all other heads", "estimate": ctl.estimate, "lo": ctl.lo, "hi": ctl.hi,
+                        "uniform": uniform},
+                       {"selected_heads": _selected(sel)})
+
+
+# ---------------------------------------------------------------------------------- top heads in layers
+
+
+def _share_in_layers(eff: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray, top: int,
+                     in_layers: np.ndarray) -> tuple[float, list[dict[str, Any]]]:
+    """Share of the top `top` heads (by mean effect on rows_a; ties share credit) that lie in the layers and
+    are significant on rows_b (Holm over the heads tested), and the per-head details. eff: (n, L*H)."""
+    credit = stats.top_k_credit(eff[rows_a].mean(0), top)
+    cand = np.flatnonzero(credit > 0)
+    p = stats.holm(stats.paired_pvalues(eff[rows_b][:, cand]))
+    significant = p < _ALPHA
+    share = float((credit[cand] * in_layers[cand] * significant).sum() / top)
+    return share, [{"index": int(i), "credit": float(credit[i]), "p_holm": float(pi), "significant": bool(s),
+                    "in_layers": bool(in_layers[i])} for i, pi, s in zip(cand, p, significant)]
+
+
+def _resampled(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return rows[rng.integers(0, len(rows), size=len(rows))]
+
+
+def _within_variance(fn, a: np.ndarray, b: np.ndarray, n_boot: int, seed) -> float:
+    """Bootstrap variance of ``fn(rows_a, rows_b)`` resampling examples within each half."""
+    rng = np.random.default_rng(seed)
+    draws = np.array([fn(_resampled(a, rng), _resampled(b, rng)) for _ in range(n_boot)], dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    return float(draws.var(ddof=1)) if draws.size > 1 else float("nan")
+
+
+@CHECKS.register("top_heads_in_layers", params=(
+    MODEL,
+    Param("top", "int", required=True, min=1, limit="heads", doc="how many of the most important heads to look at"),
+    Param("layers", "layers", required=True, doc="the layers they should lie in"),
+    Param("at_least", "float", default=0.5, min=0.0, max=1.0, doc="share of the top heads that must lie there"),
+    _METRIC,
+), experiments=("head_ablation",))
+def top_heads_in_layers(ctx: CheckContext, model: str, top: int, layers: list[int], at_least: float = 0.5,
+                        metric: str | None = None) -> CheckResult:
+    """The `top` heads with the largest ablation effect lie (mostly) in `layers`, and matter."""
+    metric = metric_of(ctx, metric)
+    data = ctx.role(model)
+    L, H = data.n_layers, data.n_heads
+    if top > L * H:
+        raise ctx.error(f"top: {top} is more than the {L * H} heads of model '{model}'")
+    bad = [layer for layer in layers if not 0 <= layer < L]
+    if bad:
+        raise ctx.error(f"layers: {bad} do not exist in model '{model}' (layers 0..{L - 1})")
+    in_layers = np.zeros(L * H, dtype=bool)
+    for layer in layers:
+        in_layers[layer * H:(layer + 1) * H] = True
+    a, b = _halves(ctx)
+    shares, within, details = [], [], []
+    for r, eff in enumerate(data.values(f"sweep/head/{metric}")):
+        flat = eff.reshape(eff.shape[0], -1)
+        share, heads = _share_in_layers(flat, a, b, top, in_layers)
+        shares.append(share)
+        within.append(_within_variance(lambda ra, rb: _share_in_layers(flat, ra, rb, top, in_layers)[0], a, b,
+                                       ctx.n_boot, [ctx.seed, r, 0x5E]))
+        for h in heads:
+            layer, head = _flat(h.pop("index"), H)
+            h["head"] = f"L{layer}H{head}"
+            h["effect"] = float(flat[b, layer * H + head].mean())
+        details.append(heads)
+    est = stats.replicate_estimate(shares, within, data.scope, ctx.level)
+    outcome = stats.judge(est, at_least, ">=")
+    chance = len(set(layers)) / L
+    msg = (f"share of the top {top} heads of '{model}' (by {metric} drop, chosen on half the examples) that lie "
+           f"in layers {list(layers)} and matter on the other half = {est} (needs > {at_least}; random heads: "
+           f"{chance:.2f}; per replicate {', '.join(f'{s:.2f}' for s in shares)}){scope_note(est)}")
+    return CheckResult("top_heads_in_layers", {}, outcome, msg, est, at_least, ">=",
+                       {"label": f"random {top} heads (expected share)", "estimate": chance},
+                       {"top_heads": details, "metric": metric, "alpha": _ALPHA})
+
+
+# ------------------------------------------------------------------------------------------ layer profiles
+
+
+def _critical(per_rep: list[np.ndarray], tau: float) -> list[str]:
+    """Heads whose mean effect is >= tau in at least 2/3 of the replicates (informational)."""
+    means = np.stack([e.mean(0) for e in per_rep])  # (R, L, H)
+    share = (means >= tau).mean(0)
+    H = share.shape[1]
+    return [f"L{i // H}H{i % H}" for i in np.flatnonzero(share.reshape(-1) >= 2 / 3 - 1e-9)]
+
+
+@CHECKS.register("layer_centroid_higher", params=(
+    MODEL,
+    Param("than", "model", required=True, doc="the model whose heads should sit in earlier layers"),
+    Param("by", "float", default=0.0, doc="how many layers higher the centroid must at least be"),
+    Param("critical", "float", default=0.05, min=0.0, doc="effect from which a head counts as critical (listed)"),
+    Param("expected_heads", "heads", doc="heads a paper names for `model`: reported as critical or not, never judged"),
+    _METRIC,
+), experiments=("head_ablation",))
+def layer_centroid_higher(ctx: CheckContext, model: str, than: str, by: float = 0.0, critical: float = 0.05,
+                          expected_heads: Any = None, metric: str | None = None) -> CheckResult:
+    """`model` relies on later layers than `than`: its importance-weighted layer centroid is higher by > `by`."""
+    metric = metric_of(ctx, metric)
+    La, Lb = ctx.role(model).n_layers, ctx.role(than).n_layers
+    if La != Lb:
+        raise ctx.error(f"'{model}' has {La} layers and '{than}' {Lb}: layer centroids are only comparable "
+                        "between models of the same depth")
+    a, b = _halves(ctx)
+    per: dict[str, dict[str, list]] = {}
+    for role in (model, than):
+        effs = ctx.role(role).values(f"sweep/head/{metric}")
+        got = {"centroid": [], "within": [], "profile": [], "left_out": 0}
+        for r, eff in enumerate(effs):
+            c, profile = centroid(eff, a, b)
+            got["profile"].append(np.round(profile, 4).tolist())
+            if np.isnan(c):  # no head matters (e.g. a replicate at chance): no profile to compare
+                got["left_out"] += 1
+                continue
+            got["centroid"].append(c)
+            got["within"].append(_within_variance(lambda ra, rb, eff=eff: centroid(eff, ra, rb)[0], a, b,
+                                                  ctx.n_boot, [ctx.seed, r, 0xCE]))
+        per[role] = got
+    A, B = per[model], per[than]
+    details: dict[str, Any] = {
+        "metric": metric, "alpha": _ALPHA,
+        "centroids": {r: [round(c, 3) for c in per[r]["centroid"]] for r in (model, than)},
+        "layer_profile": {r: per[r]["profile"] for r in (model, than)},
+        "replicates_without_profile": {r: per[r]["left_out"] for r in (model, than)},
+        "critical_heads": {r: _critical(ctx.role(r).values(f"sweep/head/{metric}"), critical) for r in (model, than)},
+        "critical_threshold": critical,
+    }
+    empty = [r for r in (model, than) if not per[r]["centroid"]]
+    if empty:
+        seen = "".join(f"; centroid of '{r}' = {np.mean(per[r]['centroid']):.2f}" for r in (model, than)
+                       if per[r]["centroid"])
+        return CheckResult("layer_centroid_higher", {}, "inconclusive",
+                           f"no head's ablation significantly lowers the {metric} of "
+                           f"{' or '.join(repr(r) for r in empty)}: there is no layer profile to compare{seen}",
+                           None, by, ">=", details=details)
+    est = stats.replicate_difference(A["centroid"], B["centroid"], A["within"], B["within"], ctx.role(model).scope,
+                                     ctx.role(than).scope, ctx.level)
+    outcome = stats.judge(est, by, ">=")
+    note = ""
+    if expected_heads:
+        heads = _validate_heads(ctx, model, expected_heads)
+        found = {f"L{layer}H{head}": f"L{layer}H{head}" in details["critical_heads"][model] for layer, head in heads}
+        details["expected_heads"] = found
+        note = f"; expected heads critical: {sum(found.values())}/{len(found)} (informational)"
+    left = ", ".join(f"{n} replicate(s) of '{r}'" for r, n in details["replicates_without_profile"].items() if n)
+    msg = (f"layer centroid of '{model}' minus '{than}' ({metric} drops of significant heads) = {est} layers "
+           f"(needs > {by:g}); centroids {np.mean(A['centroid']):.2f} vs {np.mean(B['centroid']):.2f}, middle "
+           f"layer {(La - 1) / 2:g}{note}" + (f"; left out (no head matters): {left}" if left else "")
+           + scope_note(est))
+    return CheckResult("layer_centroid_higher", {}, outcome, msg, est, by, ">=",
+                       {"label": "no difference", "estimate": 0.0}, details)
