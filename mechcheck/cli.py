@@ -1,8 +1,9 @@
 """The `mechcheck` command: run | validate | ls.
 
-Exit codes: 0 every claim passed; 1 at least one claim did not pass (failed, inconclusive, error or skipped);
-2 invalid input (a claim or fixture file, or an argument) — printed as one line per problem, no traceback;
-130 interrupted (the report written so far is kept).
+Exit codes: 0 every claim passed; 1 at least one claim did not pass (failed, inconclusive or skipped) and none
+ended as error; 3 at least one claim ended as error (the harness or the set-up broke: a missing checkpoint,
+a crash); 2 invalid input (a claim or fixture file, or an argument) — printed as one line per problem, no
+traceback; 130 interrupted (the report written so far is kept, unfinished claims marked interrupted).
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fixtures-dir", type=Path, default=None,
                      help="fixtures directory (default: the nearest fixtures/ above each claim)")
     run.add_argument("--seeds", type=int, default=None, help="override every claim's number of seeds")
+    run.add_argument("--workers", type=int, default=None,
+                     help="worker processes for training and measuring (default $MECHCHECK_WORKERS or the number "
+                          "of cores; 1 runs everything in this process)")
     run.add_argument("--threads", type=int, default=None,
-                     help="torch threads for experiments (default $MECHCHECK_THREADS or torch's choice)")
+                     help="torch threads per worker while measuring (default $MECHCHECK_THREADS or 1: the same "
+                          "bits whatever the number of workers)")
     run.add_argument("--train-threads", type=int, default=1,
                      help="torch threads while training (default 1: trained models are bit-identical across "
                           "runs; 2 trains about 1.75x faster on 2 cores but not bit-reproducibly)")
-    run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per estimate")
+    run.add_argument("--n-boot", type=int, default=200,
+                     help="resamples of the within-replicate bootstraps behind per-replicate statistics")
 
     val = sub.add_parser("validate", help="check claim and fixture files without touching a model")
     val.add_argument("paths", nargs="+")
@@ -76,60 +82,78 @@ def _cmd_validate(args) -> int:
     return 0
 
 
+def exit_code(report) -> int:
+    """0 all passed; 3 some claim ended as error; 1 otherwise (failed, inconclusive, skipped)."""
+    if report.ok:
+        return 0
+    return 3 if any(c.outcome == "error" for c in report.claims) else 1
+
+
 def _cmd_run(args) -> int:
     from rich.console import Console
 
+    from mechcheck.progress import WorkProgress
     from mechcheck.report import write_report
     from mechcheck.report.console import outcome_style, print_summary
-    from mechcheck.runner import RunOptions, Runner, default_threads, new_report
+    from mechcheck.runner import RunOptions, Runner, default_threads, new_report, pending_result
 
-    if args.seeds is not None and args.seeds < 1:
-        raise SpecError("--seeds must be at least 1", file="<command line>")
+    for flag in ("seeds", "workers", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise SpecError(f"--{flag} must be at least 1", file="<command line>")
     claims = _load(args.paths, args.profile, args.fixtures_dir)  # the whole suite validates before anything runs
     if not claims:
         raise SpecError("no claim files found", file=" ".join(args.paths))
     console = Console(stderr=True)
     options = RunOptions(profile=args.profile, device=args.device, cache_dir=args.cache_dir,
                          threads=args.threads or default_threads(), train_threads=args.train_threads,
-                         seeds=args.seeds, n_boot=args.n_boot,
-                         console=console)
+                         seeds=args.seeds, workers=args.workers, n_boot=args.n_boot, console=console)
     try:
         runner = Runner(options)
     except ValueError as exc:
         raise SpecError(str(exc), file="<command line>") from exc
-    report = new_report(options, sys.argv, Path.cwd(), runner.device)
-    report.cache_dir = str(runner._ctx.cache.root)
+    report = new_report(options, sys.argv, Path.cwd(), runner.device, runner.workers)
+    report.cache_dir = str(runner.build.cache.root)
     out_dir = args.report_dir / report.run_id
+    # every claim is in the report from the start, as interrupted until judged: a run that is killed leaves a
+    # report that says which claims it finished and which it did not
+    report.claims = [pending_result(c) for c in claims]
+    report.write_json(out_dir / "report.json")
     console.print(f"mechcheck: {len(claims)} claim(s), profile [bold]{args.profile}[/], device {runner.device}, "
-                  f"cache {report.cache_dir}")
+                  f"{runner.workers} worker(s), cache {report.cache_dir}")
+    judged = iter(range(len(claims)))
+    progress = WorkProgress(console)
 
     def on_result(result) -> None:
-        report.claims.append(result)
+        report.claims[next(judged)] = result
         report.write_json(out_dir / "report.json")  # after every claim: a run that dies keeps what it did
         style = outcome_style(result.outcome)
-        console.print(f"  [{style}]{result.outcome:>12}[/]  {result.id}  ({result.durations.get('total', 0):.0f} s)")
+        line = f"  [{style}]{result.outcome:>12}[/]  {result.id}  ({result.durations.get('total', 0):.0f} s)"
+        (progress.progress.console if progress.live else console).print(line)
         if result.outcome in ("error", "skipped") and result.reason:
             # the table cuts reasons to 80 chars (and shows none for a check's error): print it whole, once
-            from rich.markup import escape
-
-            console.print(f"  {'':>12}  {escape(result.reason)}", soft_wrap=True, highlight=False)
+            progress._say(f"  {'':>12}  {result.reason}")
 
     runner.on_result = on_result
+    runner.on_event = progress.event
     try:
-        for claim in claims:
-            console.print(f"  {'running':>12}  {claim.id} ...")
-            runner.run_claim(claim)
+        with progress:
+            runner.run_claims(claims)
     except KeyboardInterrupt:
+        runner.close(cancel=True)
         report.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         report.write_json(out_dir / "report.json")
-        console.print(f"interrupted; partial report in {out_dir / 'report.json'}")
+        console.print(f"interrupted; partial report in {out_dir / 'report.json'} (a model in training saved "
+                      "its state: the next run resumes it)")
         return 130
+    finally:
+        runner.close()
     report.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     paths = write_report(report, out_dir)
     # Wide enough for every column when stdout is a file or a CI log (rich would assume 80).
     out = Console() if sys.stdout.isatty() else Console(width=180)
     print_summary(report, out, report_path=paths.get("markdown"))
-    return 0 if report.ok else 1
+    return exit_code(report)
 
 
 def _cmd_ls(args) -> int:

@@ -5,7 +5,10 @@ a pass); error -> an *error* in set-up (the claim ran into a harness or set-up p
 A failure shows the effect, its CI and the threshold of every check, not a traceback.
 
 Only YAML files below a directory named ``claims`` are collected, so the plugin never touches other YAML.
-Options: --mechcheck-profile, --mechcheck-seeds, --mechcheck-device, --mechcheck-cache-dir.
+Options: --mechcheck-profile, --mechcheck-seeds, --mechcheck-device, --mechcheck-cache-dir,
+--mechcheck-workers. Under pytest-xdist (``pytest -n 2 claims/``) each xdist worker runs its claims with one
+worker process of its own (the xdist workers already use the cores); the model and measurement caches are
+shared safely (per-key locks).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--mechcheck-seeds", type=int, default=None, help="override every claim's seeds")
     group.addoption("--mechcheck-device", default="auto", help="auto, cpu, cuda, cuda:N")
     group.addoption("--mechcheck-cache-dir", default=None, help="model cache directory")
+    group.addoption("--mechcheck-workers", type=int, default=None,
+                    help="worker processes for training and measuring (default: the cores; 1 under xdist)")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -72,12 +77,16 @@ def _runner(config: pytest.Config):
         from mechcheck.runner import RunOptions, Runner, default_threads
 
         cache = config.getoption("--mechcheck-cache-dir")
+        workers = config.getoption("--mechcheck-workers")
+        if workers is None and hasattr(config, "workerinput"):  # a pytest-xdist worker: xdist uses the cores
+            workers = 1
         options = RunOptions(profile=config.getoption("--mechcheck-profile"),
                              device=config.getoption("--mechcheck-device"),
                              cache_dir=Path(cache) if cache else None, threads=default_threads(),
-                             seeds=config.getoption("--mechcheck-seeds"))
+                             seeds=config.getoption("--mechcheck-seeds"), workers=workers)
         runner = Runner(options)
-        config._mechcheck_runner = runner  # shared by all items: models built once per session
+        config._mechcheck_runner = runner  # shared by all items: models and measurements reused per session
+        config.add_cleanup(runner.close)
     return runner
 
 

@@ -6,7 +6,8 @@ import warnings
 from pathlib import Path
 
 from mechcheck.report.console import outcome_style, print_summary, render_table
-from mechcheck.report.markdown import render_markdown, safe_name, write_figures
+from mechcheck.report.figures import safe_name, write_figures
+from mechcheck.report.markdown import render_markdown
 from mechcheck.results import RunReport
 
 __all__ = [

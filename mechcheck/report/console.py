@@ -39,7 +39,8 @@ _STYLES = {
     "skipped": "dim",
 }
 
-_DIRECTIONS = {">=": "≥", "<=": "≤", ">": ">", "<": "<", "==": "="}
+#: a check passes when its whole interval is strictly beyond the threshold (`stats.judge`)
+_DIRECTIONS = {">=": ">", "<=": "<", ">": ">", "<": "<", "==": "="}
 
 #: keys a check may use in its `control` dict, most specific first (checks are written by other modules,
 #: so the renderer accepts the plausible spellings instead of one fixed schema)
@@ -85,7 +86,7 @@ def _format_threshold_value(value: float) -> str:
 
 
 def format_threshold(check: CheckResult) -> str:
-    """The threshold with its direction, e.g. ``≥ 0.10``; an em dash when the check has none."""
+    """The threshold with the side the whole interval must lie on, e.g. ``> 0.10``; an em dash when none."""
     if check.threshold is None or not _is_number(check.threshold):
         return "—"
     arrow = _DIRECTIONS.get(check.direction, check.direction)

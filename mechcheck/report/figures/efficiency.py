@@ -12,7 +12,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mechcheck.report.markdown import _save, figure_drawer, safe_name
+from mechcheck.registry import FIGURES
+from mechcheck.report.figures import safe_name, save as _save
 from mechcheck.results import ClaimResult
 
 __all__ = ["sample_efficiency_figures"]
@@ -20,7 +21,7 @@ __all__ = ["sample_efficiency_figures"]
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
 
 
-@figure_drawer("sample_efficiency")
+@FIGURES.register("sample_efficiency")
 def sample_efficiency_figures(claim: ClaimResult, fig_dir: Path) -> list[Path]:
     """Draw `<claim>__sample_efficiency.png`; a malformed summary gives a warning and no figure."""
     experiment = claim.experiment or {}
