@@ -45,7 +45,7 @@ def test_package_path_resolves_without_importing_the_package():
 
 
 def test_missing_package_skips_and_missing_subpath_is_an_error(tmp_path):
-    from mechcheck.fixtures import BuildContext, build_model
+    from mechcheck.recipes import BuildContext, build_model
     from mechcheck.models import CheckpointError
     from mechcheck.spec import ModelSpec
     from mechcheck.tasks.cdm import make_cdm
@@ -90,7 +90,7 @@ def test_mask_readout_layout(task):
 
 
 def test_next_readout_leaves_cache_keys_alone():
-    from mechcheck.fixtures import _task_payload
+    from mechcheck.recipes import _task_payload
     from mechcheck.spec import TaskSpec
 
     old = _task_payload(TaskSpec("t", "cdm", {"vocab": "words"}, "t.yaml"))
@@ -277,7 +277,7 @@ def fx(tmp_path_factory):
 
 @pytest.mark.slow
 def test_scratch_twin_has_the_parents_config_and_fresh_weights(fx, tmp_path):
-    from mechcheck.fixtures import BuildContext, build_model
+    from mechcheck.recipes import BuildContext, build_model
     from mechcheck.spec import load_model_fixture
 
     ctx = BuildContext(ModelCache(tmp_path))
@@ -295,7 +295,7 @@ def test_scratch_twin_has_the_parents_config_and_fresh_weights(fx, tmp_path):
 
 @pytest.mark.slow
 def test_finetune_of_minilm_caches_and_reloads_bit_identically(fx, tmp_path):
-    from mechcheck.fixtures import BuildContext, build_model
+    from mechcheck.recipes import BuildContext, build_model
     from mechcheck.spec import load_model_fixture
 
     spec = load_model_fixture("ft", fx)

@@ -26,7 +26,7 @@ BUILD = textwrap.dedent("""
     from pathlib import Path
     from rich.console import Console
     from mechcheck.cache import ModelCache
-    from mechcheck.fixtures import BuildContext, build_model
+    from mechcheck.recipes import BuildContext, build_model
     from mechcheck.spec import load_model_fixture
 
     cache, fixtures, name, together = sys.argv[1:5]

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     import mechcheck.models
     if sys.argv[3] == "unpinned":  # the behaviour before the fix, to show that this test can fail
         mechcheck.models.pin_mkl_threads = lambda: None
-    from mechcheck.fixtures import build_model
+    from mechcheck.recipes import build_model
     from mechcheck.runner import RunOptions, Runner, new_report
     from mechcheck.spec import load_claims
 

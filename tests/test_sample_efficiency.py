@@ -170,7 +170,7 @@ CLAIM = """
 def test_runner_trains_caches_and_survives_a_killed_run(tmp_path, monkeypatch):
     from conftest import write
 
-    import mechcheck.fixtures as fx
+    import mechcheck.recipes as fx
     from mechcheck.runner import Runner, RunOptions
 
     write(tmp_path, "fixtures/tasks/cdm9.yaml", "name: cdm9\ngenerator: cdm\nargs: {vocab: words, max_number: 9}\n")

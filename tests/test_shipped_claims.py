@@ -30,7 +30,7 @@ def test_ci_profile_is_cpu_sized_and_replicated():
 @pytest.mark.parametrize("profile", ["ci"])
 def test_scratch_twin_has_the_pretrained_models_config(profile):
     """cdm-finetuned and cdm-scratch differ only in their starting weights: same architecture, vocabulary, positions."""
-    from mechcheck.fixtures import make_task
+    from mechcheck.recipes import make_task
     from mechcheck.spec import load_model_fixture
 
     fx = REPO / "fixtures"
