@@ -97,6 +97,8 @@ class _Worker:
         self.build = BuildContext(ModelCache(config["cache_dir"]), config["device"], None, config["train_threads"])
         self.store = MeasurementStore(config["cache_dir"])
         self.handles: dict[str, Any] = {}
+        #: model key -> what a unit records of the model it measured (weights' hash, training facts)
+        self.models: dict[str, dict[str, Any]] = {}
 
     def handle(self, ref: ModelRef):
         """The model of `ref`, built or loaded once per process (a few are kept)."""
@@ -110,6 +112,10 @@ class _Worker:
                 self.build.memo.pop(old, None)
             built = build_model(ref.spec, ref.seed, self.build)
             self.handles[ref.key] = prepare(built.model, self.build.device)
+            info = built.info or {}
+            self.models[ref.key] = {"key": ref.key, "weights_sha256": info.get("weights_sha256") or
+                                    info.get("fingerprint"), "seconds": info.get("seconds"),
+                                    "train_accuracy": info.get("train_accuracy")}
         return self.handles[ref.key]
 
     def run(self, node: tuple[str, str, Any]) -> dict[str, Any]:
@@ -117,8 +123,9 @@ class _Worker:
         kind, key, payload = node
         t0 = time.perf_counter()
         try:
-            computed = self._build(key, payload) if kind == "build" else self._unit(key, payload)
-            return {"ok": True, "seconds": time.perf_counter() - t0, "computed": computed}
+            facts: dict[str, Any] = {}
+            computed = self._build(key, payload, facts) if kind == "build" else self._unit(key, payload)
+            return {"ok": True, "seconds": time.perf_counter() - t0, "computed": computed, "facts": facts}
         except BaseException as exc:  # noqa: BLE001 - reported to the main process, which decides
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -136,7 +143,7 @@ class _Worker:
 
         return report
 
-    def _build(self, key: str, ref: ModelRef) -> bool:
+    def _build(self, key: str, ref: ModelRef, facts: dict[str, Any]) -> bool:
         from mechcheck.recipes import build_model
 
         self.build.on_progress = self._progress(key, ref.label)
@@ -144,6 +151,8 @@ class _Worker:
             built = build_model(ref.spec, ref.seed, self.build)
         finally:
             self.build.on_progress = None
+        if built.info.get("resumed_from_step"):
+            facts["resumed_from_step"] = built.info["resumed_from_step"]
         return not built.cached
 
     def _unit(self, key: str, unit: Unit) -> bool:
@@ -164,6 +173,9 @@ class _Worker:
                               self.build.device)
             result = UNITS.get(unit.kind).func(ctx)
             result.meta.setdefault("seconds", round(time.perf_counter() - t0, 3))
+            # which bits were measured: a unit found later for the same model key but other weights (a cache
+            # carried to another machine, where training gives other bits) is stale and computed again
+            result.meta["models"] = [self.models[m.key] for m in unit.models]
             self.store.put(key, result, {"kind": unit.kind, "label": unit.label, "args": unit.arguments,
                                          "models": [m.key for m in unit.models],
                                          "deps": [d.key for d in unit.deps]})
@@ -233,6 +245,7 @@ class Engine:
         self.threads = threads
         self.on_event = on_event or (lambda e: None)
         self.nodes: dict[str, _Node] = {}
+        self._weights: dict[str, str | None] = {}
         self._ready: list[tuple[int, int, str]] = []
         self._seq = 0
         self._pool = None
@@ -257,7 +270,7 @@ class Engine:
         if node is not None:
             self._raise(node, priority)
             return
-        if self.store.has(unit.key):
+        if self.store.has(unit.key) and not self._stale(unit):
             self.nodes[unit.key] = _Node(unit.key, "unit", unit, set(), priority, unit.label, "done")
             return
         deps = set()
@@ -269,6 +282,25 @@ class Engine:
                 deps.add(m.key)
         self.nodes[unit.key] = _Node(unit.key, "unit", unit, deps, priority, unit.label)
         self._promote(unit.key)
+
+    def _stale(self, unit: Unit) -> bool:
+        """Whether a stored unit measured other weights than the cache now holds for its models (then it is
+        discarded and computed again). A model not in the cache cannot be compared: the unit stands."""
+        from mechcheck.recipes import is_trained
+
+        stored = self.store.get(unit.key)
+        recorded = {m.get("key"): m.get("weights_sha256") for m in (stored.meta.get("models") or [])} if stored else {}
+        for ref in unit.models:
+            if not is_trained(ref.spec):
+                continue
+            if ref.key not in self._weights:
+                hit = self.build_ctx.cache.get(ref.key)
+                self._weights[ref.key] = hit[1]["files"].get("model.safetensors") if hit else None
+            now = self._weights[ref.key]
+            if now is not None and recorded.get(ref.key) not in (None, now):
+                self.store.discard(unit.key)
+                return True
+        return False
 
     def _add_build(self, ref: ModelRef, priority: int) -> bool:
         """Add the build of `ref` if it trains and is not cached; True if there is a node to wait for."""
@@ -324,7 +356,7 @@ class Engine:
         if outcome["ok"]:
             node.state = "done"
             self.on_event(Event("end", node.key, node.label, seconds=node.seconds,
-                                computed=outcome.get("computed", True)))
+                                computed=outcome.get("computed", True), fields=outcome.get("facts") or {}))
             for other in self.nodes.values():
                 if node.key in other.deps and other.state == "waiting":
                     self._promote(other.key)

@@ -187,6 +187,12 @@ class MeasurementStore:
     def has(self, key: str) -> bool:
         return self.store.get(key) is not None
 
+    def discard(self, key: str) -> None:
+        """Remove the entry of `key` (a stale measurement), so that it is computed and stored again."""
+        import shutil
+
+        shutil.rmtree(self.store.entry(key), ignore_errors=True)
+
     def put(self, key: str, result: UnitResult, describe: Mapping[str, Any]) -> None:
         from safetensors.numpy import save_file
 

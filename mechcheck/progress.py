@@ -71,7 +71,9 @@ class WorkProgress:
             if e.fields.get("error"):
                 self._say(f"  failed: {e.label}: {e.fields['error']}")
             elif e.computed and e.label.startswith("build "):
-                self._say(f"  trained {e.label[len('build '):]} in {e.seconds:.0f} s")
+                resumed = e.fields.get("resumed_from_step")
+                how = f" (resumed from step {resumed})" if resumed else ""
+                self._say(f"  trained {e.label[len('build '):]} in {e.seconds:.0f} s{how}")
 
     def _say(self, text: str) -> None:
         if self.console is None:

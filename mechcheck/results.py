@@ -74,7 +74,7 @@ class Estimate:
     n_seeds: int
     level: float = 0.95
     method: str = ""
-    #: standard error and degrees of freedom of the t interval (inf: normal)
+    #: standard error and effective degrees of freedom of the interval (inf, null in JSON: normal)
     se: float | None = None
     df: float | None = None
     #: "recipe" (replicates are trainings of one recipe) or "checkpoint" (about one fixed model)
@@ -89,19 +89,6 @@ class Estimate:
         if self.insufficient:
             return f"{self.estimate:.3f} [no interval]"
         return f"{self.estimate:.3f} [{self.lo:.3f}, {self.hi:.3f}]"
-
-
-def _estimate(data: dict[str, Any]) -> Estimate:
-    """An `Estimate` from its JSON form (NaN and infinity were written as null)."""
-    fixed = dict(data)
-    for k in ("estimate", "lo", "hi"):
-        if fixed.get(k) is None:
-            fixed[k] = math.nan
-    if "df" in fixed and fixed["df"] is None:
-        fixed["df"] = math.inf
-    for k in ("replicates", "replicates_other"):
-        fixed[k] = [math.nan if v is None else v for v in fixed.get(k, [])]
-    return Estimate(**fixed)
 
 
 @dataclass
@@ -208,7 +195,7 @@ class RunReport:
             checks = []
             for ch in c.pop("checks", []):
                 eff = ch.pop("effect", None)
-                checks.append(CheckResult(effect=_estimate(eff) if eff else None, **ch))
+                checks.append(CheckResult(effect=Estimate(**eff) if eff else None, **ch))
             models = [ModelRun(**m) for m in c.pop("models", [])]
             claims.append(ClaimResult(checks=checks, models=models, **c))
         return cls(claims=claims, **data)

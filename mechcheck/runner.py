@@ -332,14 +332,16 @@ class Runner:
     def _model_info(self, p: _Prepared) -> None:
         """Training / load facts and the weights' hash of every replicate, from the model cache (no loading)."""
         for run in p.result.models:
-            run.cached = run.key not in self.trained
+            run.cached = run.recipe != "load" and run.key not in self.trained
             hit = self.build.cache.get(run.key) if run.recipe != "load" else None
+            spec = p.roles[run.role]["spec"]
             if hit is not None:
                 _, meta = hit
                 run.info = {k: v for k, v in meta.get("info", {}).items() if k != "history"}
                 run.info["weights_sha256"] = meta["files"].get("model.safetensors")
+                if spec.parent is not None:
+                    run.info["parent" if spec.recipe == "finetune" else "config_from"] = spec.parent.name
             elif run.recipe == "load":
-                spec = p.roles[run.role]["spec"]
                 run.info = {"source": spec.path or spec.hub}
             else:
                 run.info = {"note": "not in the model cache: the measurements came from the measurement store"}

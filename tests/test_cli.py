@@ -310,7 +310,7 @@ def test_run_known_answer_project(known_runs):
     known = claim_named(report, "known.head_matters")
     assert known.outcome == "passed", known
     assert known.seeds == [0]
-    assert {"build", "experiment", "checks", "total"} <= set(known.durations), known.durations
+    assert {"prepare", "measure", "checks", "total"} <= set(known.durations), known.durations
     assert all(v >= 0 for v in known.durations.values())
     assert known.figures and all((run_dir / f).is_file() for f in known.figures), known.figures
     assert [c.outcome for c in known.checks] == ["passed", "passed", "passed"]
@@ -340,7 +340,7 @@ def test_run_errors_and_skips_end_only_their_claim(known_runs):
     """A head beyond the model, a missing checkpoint and an offline hub model next to a passing claim."""
     r, root = known_runs["errors"], known_runs.root
 
-    assert r.returncode == 1, show(r)
+    assert r.returncode == 3, show(r)  # a claim ended as error: the harness or set-up broke
     no_traceback(r)
     assert "4 claims: 1 passed, 0 failed, 0 inconclusive, 2 error, 1 skipped" in r.stdout, show(r)
     _, report = the_report(root / "out-errors")
@@ -353,7 +353,7 @@ def test_run_errors_and_skips_end_only_their_claim(known_runs):
     assert bad_head.outcome == "error"
     for part in ("claims-errors/a_bad_head.yaml", "expect[0]", "[0, 5]", "0..1"):
         assert part in bad_head.reason, bad_head.reason
-    assert [c.outcome for c in bad_head.checks] == ["error"]
+    assert bad_head.checks == []  # found from the loaded model's config, before anything was measured
 
     missing = claim_named(report, "err.missing_checkpoint")
     assert missing.outcome == "error"
@@ -394,7 +394,7 @@ def test_run_trained_fixture_is_cached_and_deterministic(claim_tree, tmp_path):
                                                                          ("m", "tiny-cdm", 1, True)]
     assert [m.key for m in a.models] == [m.key for m in b.models]
     assert a.models[0].key != a.models[1].key  # two independent replicates, not one model twice
-    entries = sorted(p.parent.name for p in cache.rglob("mechcheck.json"))
+    entries = sorted(p.parent.name for p in (cache / "models").rglob("mechcheck.json"))
     assert entries == sorted(m.key for m in a.models)
 
     assert a.seeds == b.seeds == [0, 1]
@@ -456,7 +456,7 @@ def test_pytest_plugin_runs_claims_as_tests(pytester, claim_tree, monkeypatch, t
     _plain(out + result.stderr.str())
     # the failure shows the check, the effect with its CI and the threshold
     assert re.search(r"^known\.unused_head_matters: failed$", out, re.M), out
-    assert re.search(r"\[failed\] effect_at_least: .*= 0\.000 \[0\.000, 0\.000\] \(needs >= 0\.05", out), out
+    assert re.search(r"\[failed\] effect_at_least: .*= 0\.000 \[0\.000, 0\.000\] \(needs > 0\.05", out), out
     # the error shows the one-line reason (file, field path, the missing path)
     missing = str(pytester.path / "claims" / "no" / "such" / "checkpoint")
     assert re.search(rf"^err\.missing_checkpoint: error: .*missing\.yaml:\d+: models\.m\.path: .*{re.escape(missing)}",

@@ -70,9 +70,10 @@ def test_shipped_lin_claims_run_end_to_end(tmp_path):
     for c in claims.values():
         assert c["outcome"] in ("passed", "failed", "inconclusive"), (c["id"], c["reason"])
         for check in c["checks"]:
-            assert check["effect"], [k["message"] for k in c["checks"]]
+            if check["name"] == "layer_centroid_higher":
+                continue  # a statistic per replicate: below
             e = check["effect"]
-            assert e["n"] == 1000 and None not in (e["lo"], e["hi"]), check["message"]
+            assert e and e["n"] == 1000 and None not in (e["lo"], e["hi"]), check["message"]
             assert e["lo"] <= e["estimate"] <= e["hi"], check["message"]
 
     ablation = claims["lin2024.finetuned_later_layers"]
@@ -82,6 +83,11 @@ def test_shipped_lin_claims_run_end_to_end(tmp_path):
     details = centroid["details"]
     for role, values in details["centroids"].items():  # one per seed, unless no head matters in that seed
         assert len(values) + details["replicates_without_profile"][role] == 2
+    e = centroid["effect"]
+    if e is None or e["insufficient"]:  # a tiny model may have no significant head in a seed: no interval then
+        assert centroid["outcome"] == "inconclusive", centroid["message"]
+    else:
+        assert e["lo"] <= e["estimate"] <= e["hi"] and len(e["replicates"]) >= 2, centroid["message"]
     assert any(f.endswith("__compare.png") for f in ablation["figures"])
 
     # two fine-tuned replicates, two scratch replicates, each with its own weights; the pretrained parent
@@ -90,6 +96,6 @@ def test_shipped_lin_claims_run_end_to_end(tmp_path):
     assert sorted((m["role"], m["seed"]) for m in models) == [("finetuned", 0), ("finetuned", 1),
                                                              ("scratch", 0), ("scratch", 1)]
     assert len({m["info"]["weights_sha256"] for m in models}) == 4
-    entries = [json.loads(p.read_text()) for p in cache.rglob("mechcheck.json")]
+    entries = [json.loads(p.read_text()) for p in (cache / "models").rglob("mechcheck.json")]
     pretrained = [e for e in entries if e.get("payload", {}).get("recipe") == "pretrain"]
     assert len(pretrained) == 1, [e.get("payload", {}).get("recipe") for e in entries]

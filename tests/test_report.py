@@ -14,7 +14,8 @@ from rich.console import Console
 
 from mechcheck.report import write_report
 from mechcheck.report.console import format_control, format_threshold, one_line, outcome_style, print_summary, render_table
-from mechcheck.report.markdown import render_markdown, safe_name, write_figures
+from mechcheck.report.figures import safe_name, write_figures
+from mechcheck.report.markdown import render_markdown
 from mechcheck.results import SCHEMA_VERSION, CheckResult, ClaimResult, Estimate, ModelRun, RunReport
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -198,7 +199,7 @@ def test_write_report_files(tmp_path: Path) -> None:
     for rel in expected:
         assert f"]({rel})" in md
     assert "<details>" in md and "secret-trace-marker" in md and 'File "x.py"' in md
-    assert "0.142" in md and "[0.081, 0.203]" in md and "≥ 0.10" in md and "random 3: 0.012" in md
+    assert "0.142" in md and "[0.081, 0.203]" in md and "> 0.10" in md and "random 3: 0.012" in md
     assert "`target0abcde`" in md  # cache key cut to 12 characters
     assert "arxiv.org/abs/2401.00001" in md
 
@@ -244,7 +245,7 @@ def test_console_table() -> None:
     print_summary(report, console, report_path=Path("reports/x/report.md"))
     text = console.export_text()
     assert "0.142 [0.081, 0.203]" in text and "0.004 [-0.010, 0.018]" in text
-    assert "≥ 0.10" in text and "≤ 0.05" in text
+    assert "> 0.10" in text and "< 0.05" in text
     assert "random 3: 0.012" in text
     for word in ("passed", "error"):
         assert word in text
@@ -267,7 +268,7 @@ def test_render_table_rows_and_styles() -> None:
 
 def test_formatters() -> None:
     check = CheckResult(name="x", args={}, outcome="passed", threshold=0.005, direction="<=")
-    assert format_threshold(check) == "≤ 0.005"
+    assert format_threshold(check) == "< 0.005"
     assert format_threshold(CheckResult(name="x", args={}, outcome="passed")) == "—"
     assert format_control({"kind": "chance", "estimate": {"estimate": 0.5, "lo": 0.4}}) == "chance: 0.500"
     assert format_control(None) == "—"

@@ -3,17 +3,25 @@ to their claim, and trained fixtures are replicated, cached and deterministic.""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
+from safetensors.torch import load_file
+
 from conftest import KNOWN_HEAD_PASSES, UNUSED_HEAD_FAILS
+from mechcheck.recipes import model_ref
 from mechcheck.runner import RunOptions, Runner
 from mechcheck.spec import load_claims
 
 
 def run(paths, **options):
-    runner = Runner(RunOptions(n_boot=500, **options))
-    return [runner.run_claim(c) for c in load_claims(paths)], runner
+    runner = Runner(RunOptions(**{"workers": 1, **options}))
+    try:
+        return [runner.run_claim(c) for c in load_claims(paths)], runner
+    finally:
+        runner.close()
 
 
 def test_known_answer_claim_passes_and_unused_head_claim_fails(claim_tree):
@@ -81,10 +89,10 @@ def test_model_dependent_errors_end_only_their_claim(claim_tree, tmp_path):
     by_id = {r.id: r for r in results}
     assert by_id["known.head_matters"].outcome == "passed"
     bad = by_id["known.beyond"]
-    assert bad.outcome == "error"
-    assert bad.checks[0].outcome == "error" and bad.checks[1].outcome == "passed"
-    assert "beyond.yaml:" in bad.checks[0].message and "expect[0].effect_at_least" in bad.checks[0].message
-    assert "heads 0..1" in bad.checks[0].message
+    # A head the loaded model does not have is found as soon as its config is read, before any measurement.
+    assert bad.outcome == "error" and not bad.checks and "measure" not in bad.durations
+    assert "beyond.yaml:" in bad.reason and "expect[0].effect_at_least" in bad.reason
+    assert "heads 0..1" in bad.reason
     miss = by_id["known.missing_checkpoint"]
     assert miss.outcome == "error" and "nowhere" in miss.reason and "does not exist" in miss.reason
     assert miss.traceback is None  # a set-up problem explained in one line, not a crash
@@ -165,18 +173,22 @@ def test_training_is_deterministic_and_corrupt_cache_is_rebuilt(claim_tree, tmp_
     (a,), r1 = run([path], cache_dir=tmp_path / "c1")
     (b,), r2 = run([path], cache_dir=tmp_path / "c2")  # trained again from scratch
     assert a.models[0].key == b.models[0].key and not b.models[0].cached
-    sd_a = r1._ctx.memo[a.models[0].key].model.state_dict()
-    sd_b = r2._ctx.memo[b.models[0].key].model.state_dict()
-    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
-    # Corrupt the stored weights: the entry is detected, dropped and rebuilt (never used).
-    entry = r1._ctx.cache.entry(a.models[0].key)
+    sd_a = load_file(str(r1.build.cache.entry(a.models[0].key) / "model.safetensors"))
+    sd_b = load_file(str(r2.build.cache.entry(b.models[0].key) / "model.safetensors"))
+    assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    assert a.models[0].info["weights_sha256"] == b.models[0].info["weights_sha256"]
+    # Corrupt the stored weights: the entry is detected, dropped and rebuilt (never used); the rebuilt model
+    # has the same bits, so the stored measurements still stand.
+    shutil.rmtree(tmp_path / "c1" / "measurements")  # measure it again, to see the same numbers come back
+    entry = r1.build.cache.entry(a.models[0].key)
     weights = next(entry.glob("*.safetensors"))
     blob = bytearray(weights.read_bytes())
     blob[-1] ^= 0xFF
     weights.write_bytes(bytes(blob))
     (c,), _ = run([path], cache_dir=tmp_path / "c1")
     assert not c.models[0].cached
-    assert [x.effect for x in c.checks] == [x.effect for x in a.checks]
+    assert [(x.effect.estimate, x.effect.replicates) for x in c.checks] == \
+        [(x.effect.estimate, x.effect.replicates) for x in a.checks]
 
 
 @pytest.mark.slow
@@ -190,8 +202,9 @@ def test_finetune_chain_keys_follow_the_parent(claim_tree, tmp_path):
     assert first.outcome != "error", first.reason
     (ft,) = first.models
     assert ft.recipe == "finetune" and ft.info["parent"] == "tiny-cdm" and ft.info["steps"] == 5
-    parent_keys = [k for k, b in runner._ctx.memo.items() if b.recipe == "scratch"]
-    assert len(parent_keys) == 1 and parent_keys[0] != ft.key
+    (claim,) = load_claims([path])
+    parent = model_ref(claim.models["ft"].parent, 0, runner.build)
+    assert parent.key != ft.key and runner.build.cache.get(parent.key) is not None  # built and cached
     # Retraining the parent differently must change the child's key (and so rebuild it).
     fixture = claim_tree.root / "fixtures/models/tiny-cdm.yaml"
     fixture.write_text(fixture.read_text().replace("steps: 30", "steps: 31"))
@@ -208,15 +221,16 @@ def test_pretrain_recipe_trains_with_next_token_loss(claim_tree, tmp_path):
           m: {recipe: pretrain, architecture: {n_layer: 1, n_head: 2, n_embd: 16}, task: cdm9,
               train: {steps: 20, batch_size: 16, lr: 3.0e-3, eval_every: 10}}
         data: {task: cdm9, n: 50}
+        seeds: 2
         experiment: {head_ablation: {}}
         expect:
           - effect_at_most: {model: m, heads: [[0, 0]], value: 1.0}
     """)
     (res,), runner = run([path], cache_dir=tmp_path / "cache")
     assert res.outcome == "passed", res.reason
-    (m,) = res.models
+    m = res.models[0]
     assert m.recipe == "pretrain" and m.info["steps"] == 20
-    meta = runner._ctx.cache.get(m.key)[1]
+    meta = runner.build.cache.get(m.key)[1]
     assert meta["payload"]["train"]["loss"] == "lm"
     # Next-token loss over ~14 positions starts near log(vocab) and must fall within 20 steps.
     history = [h["loss"] for h in meta["info"]["history"]]
