@@ -85,6 +85,8 @@ def _install(model, adapter, site: Site, fn: HookFn, point: HookPoint, dims: dic
             return None if new is None else (new, *args[1:])
 
         return module.register_forward_pre_hook(pre_resid)
+    if site.kind in ("q_input", "k_input", "v_input"):
+        return _install_qkv(model, adapter, site, fn, point, dims)
     if site.kind == "pattern":
         def post_pattern(module, args, out):
             weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
@@ -103,6 +105,47 @@ def _install(model, adapter, site: Site, fn: HookFn, point: HookPoint, dims: dic
         return None if new is None else _with_first(out, new)
 
     return module.register_forward_hook(post)
+
+
+class _Handles:
+    """Several torch hook handles removed together."""
+
+    def __init__(self, *handles) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _install_qkv(model, adapter, site: Site, fn: HookFn, point: HookPoint, dims: dict[str, int]):
+    """A hook on a head's q / k / v input: the residual stream, one copy per head (B, T, H, d_model).
+
+    The function sees every head's copy; only the heads whose copy it changes get their projection
+    recomputed from the new input (the others keep the model's own output, bit for bit).
+    """
+    import torch
+
+    qkv = adapter.qkv(model, site.layer, site.kind)
+    H = dims["n_heads"]
+    seen: dict[str, Any] = {}
+
+    def keep(module, args):
+        seen["x"] = args[0]  # (B, T, d_model)
+
+    def post(module, args, out):
+        x = seen.pop("x")
+        per_head = x.unsqueeze(2).expand(*x.shape[:2], H, x.shape[-1])  # (B, T, H, d_model)
+        new = fn(per_head, point)
+        if new is None:
+            return None
+        out = out.clone()
+        for head in range(H):
+            if not torch.equal(new[:, :, head], per_head[:, :, head]):
+                out[..., qkv.columns(head)] = qkv.project(new[:, :, head], head)
+        return out
+
+    return _Handles(qkv.source.register_forward_pre_hook(keep), qkv.output.register_forward_hook(post))
 
 
 @contextmanager

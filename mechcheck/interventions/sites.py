@@ -11,6 +11,9 @@ speak of the same activation:
   blocks.{L}.hook_resid_mid     (B, T, d_model)    after attention's residual add (pre-LN GPT-2 only; read only)
   blocks.{L}.hook_resid_post    (B, T, d_model)    the residual stream leaving block L
   blocks.{L}.mlp.hook_post      (B, T, d_mlp)      MLP neurons, after the nonlinearity
+  blocks.{L}.attn.hook_q_input  (B, T, H, d_model) the residual stream each head's query is computed from
+  (and hook_k_input, hook_v_input)                 (before GPT-2's ln_1, as in TransformerLens): patching
+                                                   it for one head changes only that head's q (k, v)
 
 Each architecture's `Adapter` says which Hugging Face module holds each site and how to run the model from
 a block on, so interventions hook the Hugging Face modules directly (no reimplementation of the model, and no
@@ -43,10 +46,14 @@ _SUFFIX_KIND = {
     "hook_resid_mid": "resid_mid",
     "hook_resid_post": "resid_post",
     "mlp.hook_post": "mlp_post",
+    "attn.hook_q_input": "q_input",
+    "attn.hook_k_input": "k_input",
+    "attn.hook_v_input": "v_input",
 }
 _KIND_SUFFIX = {"z": "attn.hook_z", "pattern": "attn.hook_pattern", "attn_out": "attn.o.hook_out",
                 "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
-                "mlp_post": "mlp.hook_post"}
+                "mlp_post": "mlp.hook_post", "q_input": "attn.hook_q_input", "k_input": "attn.hook_k_input",
+                "v_input": "attn.hook_v_input"}
 SITE_FORMS = tuple(f"blocks.{{L}}.{s}" for s in _SUFFIX_KIND)
 _SITE_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 #: sites whose value can only be read (writing them would need the model's own code to be redone)
@@ -132,11 +139,32 @@ class Adapter:
     def resid_mid_module(self, model, layer: int):
         raise ValueError(f"{type(self).__name__}: this architecture has no hook_resid_mid")
 
+    def qkv(self, model, layer: int, which: str) -> QKV:
+        """Where the residual input of the attention's q, k or v (`which`) enters, and how a head's part of
+        that projection is computed from another input."""
+        raise NotImplementedError
+
     def dims(self, model) -> dict[str, int]:
         cfg = model.config
         n_layers, n_heads = shape_of_config(cfg)
         d_model = int(getattr(cfg, "n_embd", None) or cfg.hidden_size)
         return {"n_layers": n_layers, "n_heads": n_heads, "d_model": d_model, "d_head": d_model // n_heads}
+
+
+@dataclass(frozen=True)
+class QKV:
+    """The query (key, value) projection of one layer, per head.
+
+    source:  the module whose forward *input* is the residual stream the projection reads
+    output:  the module whose forward *output* holds every head's projected q (k, v) along its last axis
+    columns: head -> the slice of that output belonging to the head
+    project: (residual (B, T, d_model), head) -> that head's columns computed from it
+    """
+
+    source: Any
+    output: Any
+    columns: Any
+    project: Any
 
 
 class GPT2Adapter(Adapter):
@@ -166,6 +194,22 @@ class GPT2Adapter(Adapter):
     def resid_mid_module(self, model, layer):
         return model.transformer.h[layer].ln_2  # its input is the residual stream after attention
 
+    def qkv(self, model, layer, which):
+        # pre-LN: q, k and v are one Conv1D (x @ W + b, W: d x 3d) of ln_1(residual), heads side by side
+        block = model.transformer.h[layer]
+        d = model.config.n_embd
+        dh = d // model.config.n_head
+        part = "qkv".index(which[0])
+
+        def columns(head):
+            return slice(part * d + head * dh, part * d + (head + 1) * dh)
+
+        def project(x, head):
+            cols = columns(head)
+            return block.ln_1(x) @ block.attn.c_attn.weight[:, cols] + block.attn.c_attn.bias[cols]
+
+        return QKV(block.ln_1, block.attn.c_attn, columns, project)
+
 
 class BertAdapter(Adapter):
     classes = ("BertForMaskedLM",)
@@ -188,6 +232,21 @@ class BertAdapter(Adapter):
 
     def mlp_act(self, model, layer):
         return model.bert.encoder.layer[layer].intermediate.intermediate_act_fn
+
+    def qkv(self, model, layer, which):
+        # post-LN: the block input itself is projected, by one Linear per q / k / v, heads side by side
+        attention = model.bert.encoder.layer[layer].attention.self
+        linear = {"q": attention.query, "k": attention.key, "v": attention.value}[which[0]]
+        dh = attention.attention_head_size
+
+        def columns(head):
+            return slice(head * dh, (head + 1) * dh)
+
+        def project(x, head):
+            rows = columns(head)
+            return x @ linear.weight[rows].T + linear.bias[rows]
+
+        return QKV(linear, linear, columns, project)
 
 
 _ADAPTERS: tuple[Adapter, ...] = (GPT2Adapter(), BertAdapter())
