@@ -160,7 +160,7 @@ def _cmd_ls(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from mechcheck.registry import CHECKS, EXPERIMENTS, RECIPES, TASKS
+    from mechcheck.registry import CHECKS, EXPERIMENTS, FIGURES, RECIPES, TASKS, UNITS
     from mechcheck.spec import find_fixtures_dir, list_fixtures
 
     console = Console() if sys.stdout.isatty() else Console(width=180)  # as in run: no "…" in logs
@@ -185,7 +185,7 @@ def _cmd_ls(args) -> int:
         for kind, names in found.items():
             t.add_row(kind, ", ".join(names))
         console.print(t)
-    for registry in (EXPERIMENTS, CHECKS, TASKS, RECIPES):
+    for registry in (EXPERIMENTS, UNITS, CHECKS, TASKS, RECIPES, FIGURES):
         t = Table(title=f"{registry.kind}s")
         t.add_column("name")
         t.add_column("parameters")
