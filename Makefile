@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@touch $(STAMP)
 
 # A claim that does not replicate is a finding, not a broken run: exit 1 ("some claim did not pass") is
-# reported but does not fail `make run`. Invalid input (2), interruption (130) and crashes still do.
-# CI gates on claims with `mechcheck run` itself, whose exit code keeps the full contract.
+# reported but does not fail `make run`. A claim that ended as error (3: the harness or the set-up broke),
+# invalid input (2), interruption (130) and crashes still do. CI gates on claims with `mechcheck run`
+# itself, whose exit code keeps the full contract.
 run: $(STAMP)
 	@$(BIN)/mechcheck run claims/ --profile $(PROFILE) $(ARGS); rc=$$?; \
 	if [ $$rc -eq 1 ]; then echo "make run: some claims did not pass (see the report); that is a result, not an error"; \
