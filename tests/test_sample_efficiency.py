@@ -205,3 +205,62 @@ def test_a_grid_listed_in_any_order_is_read_in_ascending_n():
 
 
 # ------------------------------------------------------------------------------------- on tiny models
+
+
+def _variants(result) -> list[dict]:
+    """The variants of a report's experiment summary, role-major then seed then N."""
+    models = result.experiment["models"]
+    return [v for role in ("fast", "slow") for seed in models[role]["variants"] for v in seed]
+
+
+@pytest.mark.slow
+def test_runner_trains_caches_and_survives_a_killed_run(tmp_path, monkeypatch):
+    import mechcheck.recipes as recipes
+    from mechcheck.runner import Runner, RunOptions
+
+    (claim,) = load_claims([_project(tmp_path)])
+    options = RunOptions(n_boot=100, workers=1, cache_dir=tmp_path / "cache")
+
+    # a run that dies as it starts its fourth variant
+    calls, original = [], recipes.build_model
+
+    def dying(spec, seed, ctx):
+        if "@n" in spec.name:
+            calls.append((spec.name, seed))
+            if len(calls) == 4:
+                raise KeyboardInterrupt("killed")
+        return original(spec, seed, ctx)
+
+    monkeypatch.setattr(recipes, "build_model", dying)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(options).run_claim(claim)
+    monkeypatch.setattr(recipes, "build_model", original)
+    plan, _, build = plan_of(claim, tmp_path / "cache")
+    variant_keys = {u.models[0].key for reps in plan.values() for units in reps for name, u in units.items()
+                    if name != "reference"}
+    kept = {k for k in variant_keys if build.cache.get(k) is not None}
+    assert len(kept) == 3  # every variant finished before the kill is in the cache
+
+    runner = Runner(options)
+    first = runner.run_claim(claim)
+    assert first.outcome != "error", first.traceback
+    assert not kept & runner.trained and variant_keys - kept <= runner.trained  # the rest trained now
+    exp = first.experiment
+    assert exp["name"] == "sample_efficiency" and exp["grid"] == [8, 16]
+    for role in ("fast", "slow"):
+        acc = np.asarray(exp["models"][role]["accuracy"])
+        assert acc.shape == (2, 2) and ((0 <= acc) & (acc <= 1)).all()
+    variants = _variants(first)
+    assert {v["key"] for v in variants} == variant_keys
+    assert [v["cached"] for v in variants] == [v["key"] in kept for v in variants]
+    assert all(len(v["weights_sha256"]) == 64 and v["seconds"] >= 0 for v in variants)
+    ratio, at_n = first.checks  # the checks run on the measurements and give a verdict
+    assert ratio.outcome in ("passed", "failed", "inconclusive") and ratio.effect.n_seeds == 2
+    assert at_n.outcome in ("passed", "failed", "inconclusive") and at_n.control["label"] == "'slow' at N=16"
+
+    again = Runner(options)
+    second = again.run_claim(claim)
+    assert not again.trained and all(v["cached"] for v in _variants(second))
+    for role in ("fast", "slow"):
+        assert second.experiment["models"][role]["accuracy"] == exp["models"][role]["accuracy"]
+    assert [v["weights_sha256"] for v in _variants(second)] == [v["weights_sha256"] for v in variants]

@@ -120,8 +120,8 @@ def _summary(meas: Measurements) -> dict[str, Any]:
 
 def _variant_info(meta: dict[str, Any]) -> dict[str, Any]:
     model = (meta.get("models") or [{}])[0]
-    return {"key": model.get("key"), "seconds": model.get("seconds"), "train_accuracy": model.get("train_accuracy"),
-            "weights_sha256": model.get("weights_sha256")}
+    return {"key": model.get("key"), "cached": model.get("cached"), "seconds": model.get("seconds"),
+            "train_accuracy": model.get("train_accuracy"), "weights_sha256": model.get("weights_sha256")}
 
 
 @EXPERIMENTS.register("sample_efficiency", params=(
