@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import write
+from plans import plan_of
 from mechcheck.experiments.sample_efficiency import auc_log2, n_at_target, variant_spec
 from mechcheck.spec import load_claims
 
@@ -62,27 +63,6 @@ CLAIM = """
 def _project(root):
     write(root, "fixtures/tasks/cdm9.yaml", "name: cdm9\ngenerator: cdm\nargs: {vocab: words, max_number: 9}\n")
     return write(root, "claims/se.yaml", CLAIM.format(grid="[16, 8]"))
-
-
-def plan_of(claim, cache, experiment=None):
-    """(plan, PlanContext, BuildContext) of `claim` as the runner plans it (nothing is built)."""
-    from mechcheck.cache import ModelCache
-    from mechcheck.experiments import PlanContext
-    from mechcheck.interventions import shape_of_config
-    from mechcheck.measurements import data_ref
-    from mechcheck.recipes import BuildContext, model_config, model_ref, replicates
-    from mechcheck.registry import EXPERIMENTS
-
-    build = BuildContext(ModelCache(cache))
-    roles = {role: [model_ref(spec, s, build) for s in range(replicates(spec, claim.seeds))]
-             for role, spec in claim.models.items()}
-    shapes = {role: shape_of_config(model_config(refs[0], build)) for role, refs in roles.items()}
-    data = data_ref(claim.data.task, claim.data.n, claim.data.split, claim.data.seed)
-    ctx = PlanContext(roles, data, data.batch(), claim.data.seed, shapes, {"device": "cpu", "threads": 1},
-                      dict(claim.models), build)
-    name, args = experiment or (claim.experiment.name, dict(claim.experiment.args))
-    entry = EXPERIMENTS.get(name)
-    return entry.func(ctx, **entry.with_defaults(args)), ctx, build
 
 
 def test_plan_has_one_clean_unit_per_role_seed_and_n(tmp_path):
