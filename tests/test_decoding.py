@@ -57,6 +57,21 @@ def test_informative_feature_decodes_and_beats_null_random_does_not():
     assert null_pvalue(c_noise.mean(), null_noise, N)[0] > 0.01
 
 
+def test_what_cannot_be_cross_validated_is_nan():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    assert np.isnan(cv_correct(X, np.zeros(20, dtype=int))[0]).all()  # one class
+    assert np.isnan(cv_correct(X, np.r_[np.zeros(19, dtype=int), 1])[0]).all()  # a class of one example
+    assert all(np.isnan(p) for p in null_pvalue(0.8, np.array([0.5, np.nan]), 20))
+    assert all(np.isnan(p) for p in null_pvalue(float("nan"), np.array([0.5, 0.5]), 20))
+    # a degenerate null: its sd is floored at half the binomial sd of the null mean, so p > 0
+    from scipy.stats import t
+
+    p_t, p_rank = null_pvalue(0.9, np.full(5, 0.5), 100)
+    floor = 0.5 * np.sqrt(0.25 / 100)
+    assert p_t == pytest.approx(t.sf(0.4 / (floor * np.sqrt(1 + 1 / 5)), 4)) and p_t > 0
+    assert p_rank == pytest.approx(1 / 6)
+
+
 def test_unit_with_two_variables_is_mixed_one_variable_is_not():
     lab = _labels(600)
     rng = np.random.default_rng(2)
