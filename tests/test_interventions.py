@@ -229,7 +229,8 @@ def test_ablating_other_sites_equals_the_bridge(arch):
     """Zero and mean ablation of MLP neurons, residual dimensions and the attention output, at their sites."""
     model, batch = case(arch)
     br = bridge(model.hf)
-    sites = ["blocks.0.mlp.hook_post", "blocks.0.hook_resid_post", "blocks.1.attn.o.hook_out", "blocks.1.hook_resid_pre"]
+    sites = ["blocks.0.mlp.hook_post", "blocks.0.hook_resid_post", "blocks.1.attn.o.hook_out",
+             "blocks.1.hook_resid_pre"]
     ref = iv.reference(model, batch, sites)
     for site in sites:
         for method in ("zero", "mean"):
