@@ -141,6 +141,7 @@ class Runner:
         self.on_result = on_result
         self.on_event: Callable[[Any], None] | None = None
         self.trained: set[str] = set()
+        self._facts: dict[str, dict[str, Any]] = {}  # model key -> `_model_facts` (reading it hashes the weights)
 
     @property
     def workers(self) -> int:
@@ -317,7 +318,9 @@ class Runner:
                     if got is None:
                         raise RuntimeError(f"{unit.label}: missing from the measurement store after it was computed")
                     merged.update({f"{name}/{k}": v for k, v in got.arrays.items()})
-                    meta[name] = got.meta
+                    # the facts of the unit's models too: a summary may report them (sample_efficiency's
+                    # variants are models of no role, so they appear nowhere else in the report)
+                    meta[name] = {**got.meta, "models": [self._model_facts(m) for m in unit.models]}
                 arrays.append(merged)
                 metas.append(meta)
             L, H = p.ctx.shapes[role]
@@ -328,6 +331,21 @@ class Runner:
         return Measurements(claim.experiment.name, args, roles, len(batch), len(batch.candidates),
                             {k: v.copy() for k, v in batch.labels.items()}, dict(batch.groups), batch.answer_pos.copy(),
                             claim.data.seed)
+
+    def _model_facts(self, ref) -> dict[str, Any]:
+        """Key, whether it came from the cache, and the training facts and weights' hash its cache entry holds
+        (read once per run: a cache read verifies the weights' hash)."""
+        if ref.key in self._facts:
+            return dict(self._facts[ref.key])
+        facts: dict[str, Any] = {"key": ref.key, "cached": ref.key not in self.trained}
+        hit = self.build.cache.get(ref.key) if ref.spec.recipe != "load" else None
+        if hit is not None:
+            _, entry = hit
+            facts.update({k: v for k, v in entry.get("info", {}).items() if k != "history"})
+            facts["weights_sha256"] = entry["files"].get("model.safetensors")
+        if hit is not None or ref.spec.recipe == "load":  # else a later claim of this run may still build it
+            self._facts[ref.key] = facts
+        return dict(facts)
 
     def _model_info(self, p: _Prepared) -> None:
         """Training / load facts and the weights' hash of every replicate, from the model cache (no loading)."""

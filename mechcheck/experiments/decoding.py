@@ -87,8 +87,9 @@ def _classifier(kind: str):
 def _folds(y: np.ndarray, folds: int, seed: int):
     from sklearn.model_selection import StratifiedKFold
 
-    k = min(folds, int(np.bincount(np.unique(y, return_inverse=True)[1]).min()))
-    if k < 2:
+    counts = np.bincount(np.unique(y, return_inverse=True)[1])
+    k = min(folds, int(counts.min()))
+    if len(counts) < 2 or k < 2:  # one class, or a class too small to be in a training and a test fold
         return None
     return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 

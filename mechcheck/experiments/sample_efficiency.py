@@ -39,7 +39,7 @@ from mechcheck.experiments import Plan, PlanContext
 from mechcheck.measurements import Measurements
 from mechcheck.registry import EXPERIMENTS, Param
 
-__all__ = ["auc_log2", "n_at_target", "sample_efficiency", "variant_spec", "curves"]
+__all__ = ["auc_log2", "n_at_target", "sample_efficiency", "variant_spec", "curves", "grid_of"]
 
 _TRAINED = ("scratch", "pretrain", "finetune")
 
@@ -84,16 +84,23 @@ def variant_spec(spec, n: int, steps: int | None, batch_size: int | None):
     return dataclasses.replace(spec, name=f"{spec.name}@n{n}", train=train)
 
 
+def grid_of(meas: Measurements) -> list[int]:
+    """The grid of N, ascending: a claim may list `n_train` in any order (the plan sorts it, and N@target
+    interpolates between neighbours of the ascending grid)."""
+    return sorted(int(n) for n in meas.args["n_train"])
+
+
 def curves(meas: Measurements, role: str) -> np.ndarray:
-    """(n_replicates, len(grid), n_examples) per-example accuracy of each replicate's variant at each N."""
-    grid = meas.args["n_train"]
+    """(n_replicates, len(grid), n_examples) per-example accuracy of each replicate's variant at each N
+    (ascending, `grid_of`)."""
+    grid = grid_of(meas)
     data = meas.role(role)
     return np.stack([np.stack([rep[f"n{n}/accuracy"] for n in grid]) for rep in data.replicates])
 
 
 def _summary(meas: Measurements) -> dict[str, Any]:
     """Every curve, N@target with censoring, AUC and the variants' training facts."""
-    grid = np.asarray(meas.args["n_train"], dtype=float)
+    grid = np.asarray(grid_of(meas), dtype=float)
     target = float(meas.args["target"])
     models = {}
     for role, data in meas.roles.items():
@@ -113,8 +120,8 @@ def _summary(meas: Measurements) -> dict[str, Any]:
 
 def _variant_info(meta: dict[str, Any]) -> dict[str, Any]:
     model = (meta.get("models") or [{}])[0]
-    return {"key": model.get("key"), "seconds": model.get("seconds"), "train_accuracy": model.get("train_accuracy"),
-            "weights_sha256": model.get("weights_sha256")}
+    return {"key": model.get("key"), "cached": model.get("cached"), "seconds": model.get("seconds"),
+            "train_accuracy": model.get("train_accuracy"), "weights_sha256": model.get("weights_sha256")}
 
 
 @EXPERIMENTS.register("sample_efficiency", params=(

@@ -62,7 +62,8 @@ def _assign(act, units, positions: Positions, point: HookPoint, value, per_examp
 
     out = act.clone()
     B, T = act.shape[:2]
-    u = None if units is None else torch.as_tensor(list(units), device=act.device)
+    # long: an empty unit list would otherwise be a float tensor, which cannot index
+    u = None if units is None else torch.as_tensor(list(units), dtype=torch.long, device=act.device)
     scalar = not isinstance(value, torch.Tensor)
     if not scalar and not per_example and value.shape[0] < T:  # positions the reference never reached: 0
         pad = torch.zeros((T - value.shape[0], *value.shape[1:]), dtype=value.dtype, device=value.device)
