@@ -43,6 +43,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+from scipy import optimize as _optimize
 from scipy import stats as _st
 
 from mechcheck.results import Estimate
@@ -103,14 +104,18 @@ def _effective_df(q: float, level: float) -> float:
     z = _t_quantile(level, math.inf)
     if q <= z * (1 + 1e-12):
         return math.inf
-    lo, hi = 1e-3, 1e7
-    for _ in range(200):  # bisection in log space: t quantiles decrease with df
-        mid = math.sqrt(lo * hi)
-        if _t_quantile(level, mid) > q:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    # Brent's method on log df (t quantiles decrease with df): ~15 quantile evaluations where the bisection
+    # it replaces took 200 (7 ms per estimate, the main cost of the calibration benchmark); same df to ~1e-12.
+    lo, hi = math.log(1e-3), math.log(1e7)
+
+    def excess(log_df: float) -> float:
+        return _t_quantile(level, math.exp(log_df)) - q
+
+    if excess(hi) >= 0:
+        return 1e7
+    if excess(lo) <= 0:
+        return 1e-3
+    return math.exp(_optimize.brentq(excess, lo, hi, xtol=1e-13, rtol=4 * np.finfo(float).eps))
 
 
 def _finish(estimate: float, components: Sequence[tuple[float, float]], level: float, n: int, n_seeds: int,
