@@ -30,7 +30,12 @@ examples, with the crossed variance of the difference (`difference_estimate`).
 Scope. A role that is one fixed model (a loaded checkpoint, a fixture trained with a fixed seed) makes the
 claim about *that checkpoint*: its interval covers the eval examples only, and the report says so. A role
 trained per seed needs at least 2 replicates: with 1 the estimate is marked *insufficient*, and the verdict
-is `inconclusive` with the reason, never a pass on example noise alone.
+is `inconclusive` with the reason, never a pass on example noise alone. One checkpoint's 0/1 values
+(accuracy, decoder correctness) get the exact binomial (Clopper-Pearson) interval: the t interval over
+examples is a Wald interval there, whose one-sided error grows towards the bounds, where accuracy claims
+live (exactly 4.3 / 5.7 / 6.2 / 8.9 % false passes at a true accuracy of 0.8 / 0.9 / 0.95 / 0.98 with 200
+examples, 11.8 % at 0.95 with 100; Clopper-Pearson stays at or below 2.5 % on both sides for every n and p,
+and the Wilson interval's upper end failed up to 8 % near 1).
 
 Verdicts compare the whole interval with the threshold, strictly: `lo > threshold` passes, `hi < threshold`
 fails, anything else (equality included, so a discrete statistic cannot pass on a tie) is inconclusive.
@@ -158,7 +163,7 @@ def mean_estimate(per_replicate: Sequence[np.ndarray], scope: str = RECIPE, leve
 
     `per_replicate`: one (n,) array of per-example values per replicate; arrays of equal length are taken to
     be the same examples (the eval set is shared). One replicate: an interval over examples if `scope` is
-    "checkpoint", else insufficient.
+    "checkpoint" (exact binomial when the values are 0/1, else t), else insufficient.
     """
     arrays = _arrays(per_replicate)
     R = len(arrays)
@@ -171,6 +176,8 @@ def mean_estimate(per_replicate: Sequence[np.ndarray], scope: str = RECIPE, leve
         if scope != CHECKPOINT:
             return insufficient(_one_replicate_reason(scope), estimate, n, 1, scope, means, level)
         a = arrays[0]
+        if np.isin(a, (0.0, 1.0)).all():
+            return _clopper_pearson(a, level, scope)
         v = float(a.var(ddof=1)) / a.size if a.size > 1 else math.nan
         return _finish(estimate, [(v, a.size - 1)], level, n, 1, scope, "t interval over examples (one checkpoint)",
                        means)
@@ -182,6 +189,18 @@ def mean_estimate(per_replicate: Sequence[np.ndarray], scope: str = RECIPE, leve
     else:
         method = f"t interval over {R} replicate means"
     return _finish(estimate, components, level, n, R, scope, method, means)
+
+
+def _clopper_pearson(a: np.ndarray, level: float, scope: str) -> Estimate:
+    """The exact (Clopper-Pearson) interval of the mean of one checkpoint's 0/1 values (module docstring)."""
+    n, k = a.size, int(a.sum())
+    tail = (1.0 - level) / 2.0
+    lo = float(_st.beta.ppf(tail, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(_st.beta.ppf(1.0 - tail, k + 1, n - k)) if k < n else 1.0
+    p = k / n
+    return Estimate(estimate=p, lo=lo, hi=hi, n=n, n_seeds=1, level=level,
+                    method="exact binomial (Clopper-Pearson) interval over examples (one checkpoint)",
+                    se=math.sqrt(p * (1 - p) / n), df=math.inf, scope=scope, replicates=[p])
 
 
 def difference_estimate(a: Sequence[np.ndarray], b: Sequence[np.ndarray], scope_a: str = RECIPE,
