@@ -30,8 +30,8 @@ examples, with the crossed variance of the difference (`difference_estimate`).
 Scope. A role that is one fixed model (a loaded checkpoint, a fixture trained with a fixed seed) makes the
 claim about *that checkpoint*: its interval covers the eval examples only, and the report says so. A role
 trained per seed needs at least 2 replicates: with 1 the estimate is marked *insufficient*, and the verdict
-is `inconclusive` with the reason, never a pass on example noise alone. One checkpoint's 0/1 values
-(accuracy, decoder correctness) get the exact binomial (Clopper-Pearson) interval: the t interval over
+is `inconclusive` with the reason, never a pass on example noise alone. One checkpoint's proportion (0/1
+values: accuracy, decoder correctness) gets the exact binomial (Clopper-Pearson) interval: the t interval over
 examples is a Wald interval there, whose one-sided error grows towards the bounds, where accuracy claims
 live (exactly 4.3 / 5.7 / 6.2 / 8.9 % false passes at a true accuracy of 0.8 / 0.9 / 0.95 / 0.98 with 200
 examples, 11.8 % at 0.95 with 100; Clopper-Pearson stays at or below 2.5 % on both sides for every n and p,
@@ -158,12 +158,15 @@ def _one_replicate_reason(scope: str) -> str:
 # ------------------------------------------------------------------------------------------ estimates
 
 
-def mean_estimate(per_replicate: Sequence[np.ndarray], scope: str = RECIPE, level: float = 0.95) -> Estimate:
+def mean_estimate(per_replicate: Sequence[np.ndarray], scope: str = RECIPE, level: float = 0.95,
+                  proportion: bool = False) -> Estimate:
     """Mean over replicates of each replicate's mean, with the crossed-design interval (module docstring).
 
     `per_replicate`: one (n,) array of per-example values per replicate; arrays of equal length are taken to
     be the same examples (the eval set is shared). One replicate: an interval over examples if `scope` is
-    "checkpoint" (exact binomial when the values are 0/1, else t), else insufficient.
+    "checkpoint", else insufficient. `proportion`: the values are 0/1 by construction (correct or not), so one
+    checkpoint gets the exact binomial interval. Not for values that merely happen to be 0/1 in the sample
+    (an ablation effect in {-1, 0, 1} without a -1): their mean may lie outside [0, 1].
     """
     arrays = _arrays(per_replicate)
     R = len(arrays)
@@ -176,7 +179,7 @@ def mean_estimate(per_replicate: Sequence[np.ndarray], scope: str = RECIPE, leve
         if scope != CHECKPOINT:
             return insufficient(_one_replicate_reason(scope), estimate, n, 1, scope, means, level)
         a = arrays[0]
-        if np.isin(a, (0.0, 1.0)).all():
+        if proportion and np.isin(a, (0.0, 1.0)).all():
             return _clopper_pearson(a, level, scope)
         v = float(a.var(ddof=1)) / a.size if a.size > 1 else math.nan
         return _finish(estimate, [(v, a.size - 1)], level, n, 1, scope, "t interval over examples (one checkpoint)",
