@@ -4,16 +4,19 @@ Selection. A check that names heads by rank (`top_head`, `top_3`) picks them on 
 (the halves are fixed by the claim's data seed) and measures them on the other half only, so "the most
 important head" is not inflated by the noise that made it win (the winner's curse). Using both halves in turn
 (cross-fitting) was measured to be overconfident: the same head tends to win both halves, so the two
-measurements are not independent. That protects a lower bound (`effect_at_least`): a wrong pick can only
-make it harder to pass. For an upper bound (`effect_at_most: top_3 ...`, "even the most important heads do
-not matter") a wrong pick measures heads that matter less than the model's true top k, and the check passed
-22 % of the time when the true top 3 sat exactly at the bound (one checkpoint, 16 heads; calibration
-benchmark). So an upper bound chooses and measures on every example: where the choice is noisy, the chosen
-heads' estimate is biased upwards (for additive effects it is the largest of all k-sets' estimates, and
-E max >= max E), the safe side for an upper bound (0 % at the bound). The price is power when many heads are
-near 0: "the top 3 of 16 null heads matter less than 0.5" then passed 17 % of the time instead of 77 %. Ties in the ranking are broken at random under the claim's seed (or shared
+measurements are not independent. Ties in the ranking are broken at random under the claim's seed (or shared
 as fractional credit), never by position: heads with an effect of exactly 0 must not fill a top-k in layer
 order.
+
+A claim about `top_3` is about the model's three most important heads, and a noisy choice can pick others.
+Chosen on one half and measured on the other, a wrong pick can only understate the top heads' effect: that
+protects a pass of a lower bound, but not a fail of it, nor a pass of an upper bound (calibration benchmark,
+true top 3 exactly at the threshold, one checkpoint: `effect_at_least` failed 15 % of the time with 16 heads
+and 37 % with 144, `effect_at_most` passed 22 %). Chosen and measured on every example, the estimate can only
+overstate it (for additive effects it is the largest of all k-sets' estimates, and E max >= max E). So the
+effect checks give a rank selector the hull of both intervals: a verdict needs both on its side of the
+threshold, each protected against the selection error that would favour it. The point estimate is the
+one-half one.
 
 Significance. `top_heads_in_layers` counts a top head only if its effect is significant on the measurement
 half (one-sided sign test or t-test on the paired per-example changes, Holm over the heads tested).
@@ -31,6 +34,8 @@ Controls: random heads of the same count (for one head, the mean over all other 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from typing import Any
 
@@ -41,7 +46,7 @@ from mechcheck.checks import MODEL, CheckContext, metric_of
 from mechcheck.checks.behaviour import scope_note
 from mechcheck.experiments.head_ablation import SIGNIFICANCE, centroid
 from mechcheck.registry import CHECKS, Param
-from mechcheck.results import CheckResult
+from mechcheck.results import CheckResult, Estimate
 
 __all__ = ["effect_at_least", "effect_at_most", "attention_to", "top_heads_in_layers", "layer_centroid_higher"]
 
@@ -81,10 +86,10 @@ def _validate_heads(ctx: CheckContext, role: str, heads: list[list[int]]) -> Hea
 
 
 def _selection(ctx: CheckContext, role: str, heads: Any, metric: str,
-               upper: bool = False) -> list[tuple[Heads, np.ndarray]]:
+               everywhere: bool = False) -> list[tuple[Heads, np.ndarray]]:
     """Per replicate, (heads, examples they are measured on): named heads on every example; a rank selector
-    picks the top k on half A (ties at random) and is measured on half B, or, for an upper bound (`upper`),
-    picks and measures on every example (module docstring)."""
+    picks the top k on half A (ties at random) and is measured on half B, or, with `everywhere`, picks and is
+    measured on every example (module docstring)."""
     data = ctx.role(role)
     everything = np.arange(ctx.meas.n)
     if not isinstance(heads, str):
@@ -94,7 +99,7 @@ def _selection(ctx: CheckContext, role: str, heads: Any, metric: str,
     L, H = data.n_layers, data.n_heads
     if k > L * H:
         raise ctx.error(f"{heads}: model '{role}' has only {L * H} heads")
-    a, b = (everything, everything) if upper else _halves(ctx)
+    a, b = (everything, everything) if everywhere else _halves(ctx)
     out = []
     for r, eff in enumerate(data.values(f"sweep/head/{metric}")):
         top = stats.top_k(eff[a].mean(0).reshape(-1), k, [ctx.seed, r, 0x70])
@@ -112,20 +117,29 @@ def _control_sets(ctx: CheckContext, role: str, r: int, heads: Heads) -> list[li
     return stats.random_head_sets(data.n_layers, data.n_heads, len(heads), n_control, ctx.seed + r, exclude=heads)
 
 
-def _effect_requests(ctx: CheckContext, model: str, heads: Any, metric: str | None = None, upper: bool = False):
-    """Joint ablations of the selected set and of its random controls (sets of more than one head)."""
+def _effect_requests(ctx: CheckContext, model: str, heads: Any, value: float = 0.0, metric: str | None = None):
+    """Joint ablations of the selected set and of its random controls (sets of more than one head); for a rank
+    selector also of the set chosen on every example, when it differs (without controls)."""
     if _k(heads) == 1:
         return []
     metric = metric_of(ctx, metric)
     reqs = []
-    for r, (hs, _rows) in enumerate(_selection(ctx, model, heads, metric, upper)):
+    lower = _selection(ctx, model, heads, metric)
+    for r, (hs, _rows) in enumerate(lower):
         sets = [list(map(list, hs))] + [list(map(list, s)) for s in _control_sets(ctx, model, r, hs)]
         reqs.append(ctx.request(model, r, _set_name(hs), "ablation_set", sets=sets))
+    if isinstance(heads, str):
+        for r, ((hs, _rows), (low, _)) in enumerate(zip(_selection(ctx, model, heads, metric, everywhere=True),
+                                                        lower)):
+            if hs != low:
+                reqs.append(ctx.request(model, r, _set_name(hs), "ablation_set", sets=[list(map(list, hs))]))
     return reqs
 
 
-def _effect_values(ctx: CheckContext, role: str, metric: str, selection) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per replicate, the per-example effect of the selected heads and of the control, on the measured rows."""
+def _effect_values(ctx: CheckContext, role: str, metric: str, selection,
+                   control: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per replicate, the per-example effect of the selected heads and of the control (if `control`), on the
+    measured rows."""
     data = ctx.role(role)
     values, controls = [], []
     for r, (hs, rows) in enumerate(selection):
@@ -133,13 +147,16 @@ def _effect_values(ctx: CheckContext, role: str, metric: str, selection) -> tupl
             eff = data.values(f"sweep/head/{metric}")[r]  # (n, L, H)
             layer, head = hs[0]
             values.append(eff[rows, layer, head])
+            if not control:
+                continue
             flat = eff[rows].reshape(len(rows), -1)
             others = [i for i in range(flat.shape[1]) if i != layer * data.n_heads + head] or [0]
             controls.append(flat[:, others].mean(1))
         else:
             sets = ctx.extra(role, r, _set_name(hs))[f"set/{metric}"]  # (n, 1 + n_control)
             values.append(sets[rows, 0])
-            controls.append(sets[rows, 1:].mean(1) if sets.shape[1] > 1 else np.zeros(len(rows)))
+            if control:
+                controls.append(sets[rows, 1:].mean(1) if sets.shape[1] > 1 else np.zeros(len(rows)))
     return values, controls
 
 
@@ -154,28 +171,46 @@ def _selected(selection) -> list[list[str]]:
 # -------------------------------------------------------------------------------------------- effect checks
 
 
+def _hull(half: Estimate, everywhere: Estimate) -> Estimate:
+    """The interval of a rank selector: from the lower of the two intervals' ends to the higher (the point
+    estimate and its sampling facts are the one-half estimate's)."""
+    if half.insufficient or everywhere.insufficient:
+        return half if half.insufficient else everywhere
+    ends = [half.lo, half.hi, everywhere.lo, everywhere.hi]
+    lo, hi = (math.nan, math.nan) if any(math.isnan(v) for v in ends) else (min(ends), max(ends))
+    return dataclasses.replace(half, lo=lo, hi=hi, method=f"hull of {half.method}, chosen on one half and measured "
+                               f"on the other, and of the same, chosen and measured on every example")
+
+
 def _effect_check(ctx: CheckContext, name: str, model: str, heads: Any, value: float, metric: str | None,
                   direction: str) -> CheckResult:
     metric = metric_of(ctx, metric)
     data = ctx.role(model)
-    upper = direction == "<="
-    sel = _selection(ctx, model, heads, metric, upper)
+    sel = _selection(ctx, model, heads, metric)
     values, controls = _effect_values(ctx, model, metric, sel)
     est = stats.mean_estimate(values, data.scope, ctx.level)
+    details: dict[str, Any] = {"selected_heads": _selected(sel), "metric": metric}
+    how = ""
+    if isinstance(heads, str):
+        sel_all = _selection(ctx, model, heads, metric, everywhere=True)
+        est_all = stats.mean_estimate(_effect_values(ctx, model, metric, sel_all, control=False)[0], data.scope,
+                                      ctx.level)
+        details["one_half"] = {"estimate": est.estimate, "lo": est.lo, "hi": est.hi}
+        details["everywhere"] = {"estimate": est_all.estimate, "lo": est_all.lo, "hi": est_all.hi,
+                                 "selected_heads": _selected(sel_all)}
+        est = _hull(est, est_all)
+        how = (f" (chosen on one half of the examples, measured on the other; the interval also spans the top "
+               f"heads chosen and measured on every example: {est_all})")
     outcome = stats.judge(est, value, direction)
     ctl = stats.mean_estimate(controls, data.scope, ctx.level)
     k = len(sel[0][0])
     label = "mean over all other heads" if k == 1 else \
         f"{int(ctx.meas.args.get('n_control', 10))} random sets of {k} heads"
-    how = "" if not isinstance(heads, str) else \
-        " (chosen and measured on all examples: selection noise can only raise it)" if upper else \
-        " (chosen on one half of the examples, measured on the other)"
     bound = ">" if direction == ">=" else "<"
     msg = (f"{metric} drop when ablating {_heads_text(heads)} in '{model}' = {est} (needs {bound} {value}; "
            f"control {label}: {ctl.estimate:.3f}){how}{scope_note(est)}")
     return CheckResult(name, {}, outcome, msg, est, value, direction,
-                       {"label": label, "estimate": ctl.estimate, "lo": ctl.lo, "hi": ctl.hi},
-                       {"selected_heads": _selected(sel), "metric": metric})
+                       {"label": label, "estimate": ctl.estimate, "lo": ctl.lo, "hi": ctl.hi}, details)
 
 
 def _effect_params(bound: str) -> tuple[Param, ...]:
@@ -185,23 +220,15 @@ def _effect_params(bound: str) -> tuple[Param, ...]:
             _METRIC)
 
 
-def _requests_at_least(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None):
-    return _effect_requests(ctx, model, heads, metric)
-
-
-def _requests_at_most(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None):
-    return _effect_requests(ctx, model, heads, metric, upper=True)
-
-
 @CHECKS.register("effect_at_least", params=_effect_params("smallest"), experiments=("head_ablation",),
-                 requests=_requests_at_least)
+                 requests=_effect_requests)
 def effect_at_least(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None) -> CheckResult:
     """Ablating `heads` together lowers the metric by more than `value`."""
     return _effect_check(ctx, "effect_at_least", model, heads, value, metric, ">=")
 
 
 @CHECKS.register("effect_at_most", params=_effect_params("largest"), experiments=("head_ablation",),
-                 requests=_requests_at_most)
+                 requests=_effect_requests)
 def effect_at_most(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None) -> CheckResult:
     """Ablating `heads` together lowers the metric by less than `value` (the heads do not matter)."""
     return _effect_check(ctx, "effect_at_most", model, heads, value, metric, "<=")
