@@ -8,6 +8,16 @@ measurements are not independent. Ties in the ranking are broken at random under
 as fractional credit), never by position: heads with an effect of exactly 0 must not fill a top-k in layer
 order.
 
+A claim about `top_3` is about the model's three most important heads, and a noisy choice can pick others.
+Chosen on one half and measured on the other, a wrong pick can only understate the top heads' effect: that
+protects a pass of a lower bound, but not a fail of it, nor a pass of an upper bound (calibration benchmark,
+true top 3 exactly at the threshold, one checkpoint: `effect_at_least` failed 15 % of the time with 16 heads
+and 37 % with 144, `effect_at_most` passed 22 %). Chosen and measured on every example, the estimate can only
+overstate it (for additive effects it is the largest of all k-sets' estimates, and E max >= max E). So the
+effect checks give a rank selector the hull of both intervals: a verdict needs both on its side of the
+threshold, each protected against the selection error that would favour it. The point estimate is the
+one-half one.
+
 Significance. `top_heads_in_layers` counts a top head only if its effect is significant on the measurement
 half (one-sided sign test or t-test on the paired per-example changes, Holm over the heads tested).
 `layer_centroid_higher` builds each replicate's layer profile from the heads that are significant on the
@@ -24,6 +34,8 @@ Controls: random heads of the same count (for one head, the mean over all other 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from typing import Any
 
@@ -34,7 +46,7 @@ from mechcheck.checks import MODEL, CheckContext, metric_of
 from mechcheck.checks.behaviour import scope_note
 from mechcheck.experiments.head_ablation import SIGNIFICANCE, centroid
 from mechcheck.registry import CHECKS, Param
-from mechcheck.results import CheckResult
+from mechcheck.results import CheckResult, Estimate
 
 __all__ = ["effect_at_least", "effect_at_most", "attention_to", "top_heads_in_layers", "layer_centroid_higher"]
 
@@ -73,18 +85,21 @@ def _validate_heads(ctx: CheckContext, role: str, heads: list[list[int]]) -> Hea
     return tuple((int(layer), int(head)) for layer, head in heads)
 
 
-def _selection(ctx: CheckContext, role: str, heads: Any, metric: str) -> list[tuple[Heads, np.ndarray]]:
+def _selection(ctx: CheckContext, role: str, heads: Any, metric: str,
+               everywhere: bool = False) -> list[tuple[Heads, np.ndarray]]:
     """Per replicate, (heads, examples they are measured on): named heads on every example; a rank selector
-    picks the top k on half A (ties at random) and is measured on half B."""
+    picks the top k on half A (ties at random) and is measured on half B, or, with `everywhere`, picks and is
+    measured on every example (module docstring)."""
     data = ctx.role(role)
+    everything = np.arange(ctx.meas.n)
     if not isinstance(heads, str):
         fixed = _validate_heads(ctx, role, heads)
-        return [(fixed, np.arange(ctx.meas.n)) for _ in range(data.n_replicates)]
+        return [(fixed, everything) for _ in range(data.n_replicates)]
     k = _k(heads)
     L, H = data.n_layers, data.n_heads
     if k > L * H:
         raise ctx.error(f"{heads}: model '{role}' has only {L * H} heads")
-    a, b = _halves(ctx)
+    a, b = (everything, everything) if everywhere else _halves(ctx)
     out = []
     for r, eff in enumerate(data.values(f"sweep/head/{metric}")):
         top = stats.top_k(eff[a].mean(0).reshape(-1), k, [ctx.seed, r, 0x70])
@@ -102,21 +117,29 @@ def _control_sets(ctx: CheckContext, role: str, r: int, heads: Heads) -> list[li
     return stats.random_head_sets(data.n_layers, data.n_heads, len(heads), n_control, ctx.seed + r, exclude=heads)
 
 
-def _effect_requests(ctx: CheckContext, model: str, heads: Any, value: float = 0.0, metric: str | None = None,
-                     **_: Any):
-    """Joint ablations of the selected set and of its random controls (sets of more than one head)."""
+def _effect_requests(ctx: CheckContext, model: str, heads: Any, value: float = 0.0, metric: str | None = None):
+    """Joint ablations of the selected set and of its random controls (sets of more than one head); for a rank
+    selector also of the set chosen on every example, when it differs (without controls)."""
     if _k(heads) == 1:
         return []
     metric = metric_of(ctx, metric)
     reqs = []
-    for r, (hs, _rows) in enumerate(_selection(ctx, model, heads, metric)):
+    lower = _selection(ctx, model, heads, metric)
+    for r, (hs, _rows) in enumerate(lower):
         sets = [list(map(list, hs))] + [list(map(list, s)) for s in _control_sets(ctx, model, r, hs)]
         reqs.append(ctx.request(model, r, _set_name(hs), "ablation_set", sets=sets))
+    if isinstance(heads, str):
+        for r, ((hs, _rows), (low, _)) in enumerate(zip(_selection(ctx, model, heads, metric, everywhere=True),
+                                                        lower)):
+            if hs != low:
+                reqs.append(ctx.request(model, r, _set_name(hs), "ablation_set", sets=[list(map(list, hs))]))
     return reqs
 
 
-def _effect_values(ctx: CheckContext, role: str, metric: str, selection) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per replicate, the per-example effect of the selected heads and of the control, on the measured rows."""
+def _effect_values(ctx: CheckContext, role: str, metric: str, selection,
+                   control: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per replicate, the per-example effect of the selected heads and of the control (if `control`), on the
+    measured rows."""
     data = ctx.role(role)
     values, controls = [], []
     for r, (hs, rows) in enumerate(selection):
@@ -124,13 +147,16 @@ def _effect_values(ctx: CheckContext, role: str, metric: str, selection) -> tupl
             eff = data.values(f"sweep/head/{metric}")[r]  # (n, L, H)
             layer, head = hs[0]
             values.append(eff[rows, layer, head])
+            if not control:
+                continue
             flat = eff[rows].reshape(len(rows), -1)
             others = [i for i in range(flat.shape[1]) if i != layer * data.n_heads + head] or [0]
             controls.append(flat[:, others].mean(1))
         else:
             sets = ctx.extra(role, r, _set_name(hs))[f"set/{metric}"]  # (n, 1 + n_control)
             values.append(sets[rows, 0])
-            controls.append(sets[rows, 1:].mean(1) if sets.shape[1] > 1 else np.zeros(len(rows)))
+            if control:
+                controls.append(sets[rows, 1:].mean(1) if sets.shape[1] > 1 else np.zeros(len(rows)))
     return values, controls
 
 
@@ -145,6 +171,17 @@ def _selected(selection) -> list[list[str]]:
 # -------------------------------------------------------------------------------------------- effect checks
 
 
+def _hull(half: Estimate, everywhere: Estimate) -> Estimate:
+    """The interval of a rank selector: from the lower of the two intervals' ends to the higher (the point
+    estimate and its sampling facts are the one-half estimate's)."""
+    if half.insufficient or everywhere.insufficient:
+        return half if half.insufficient else everywhere
+    ends = [half.lo, half.hi, everywhere.lo, everywhere.hi]
+    lo, hi = (math.nan, math.nan) if any(math.isnan(v) for v in ends) else (min(ends), max(ends))
+    return dataclasses.replace(half, lo=lo, hi=hi, method=f"hull of {half.method}, chosen on one half and measured "
+                               f"on the other, and of the same, chosen and measured on every example")
+
+
 def _effect_check(ctx: CheckContext, name: str, model: str, heads: Any, value: float, metric: str | None,
                   direction: str) -> CheckResult:
     metric = metric_of(ctx, metric)
@@ -152,18 +189,28 @@ def _effect_check(ctx: CheckContext, name: str, model: str, heads: Any, value: f
     sel = _selection(ctx, model, heads, metric)
     values, controls = _effect_values(ctx, model, metric, sel)
     est = stats.mean_estimate(values, data.scope, ctx.level)
+    details: dict[str, Any] = {"selected_heads": _selected(sel), "metric": metric}
+    how = ""
+    if isinstance(heads, str):
+        sel_all = _selection(ctx, model, heads, metric, everywhere=True)
+        est_all = stats.mean_estimate(_effect_values(ctx, model, metric, sel_all, control=False)[0], data.scope,
+                                      ctx.level)
+        details["one_half"] = {"estimate": est.estimate, "lo": est.lo, "hi": est.hi}
+        details["everywhere"] = {"estimate": est_all.estimate, "lo": est_all.lo, "hi": est_all.hi,
+                                 "selected_heads": _selected(sel_all)}
+        est = _hull(est, est_all)
+        how = (f" (chosen on one half of the examples, measured on the other; the interval also spans the top "
+               f"heads chosen and measured on every example: {est_all})")
     outcome = stats.judge(est, value, direction)
     ctl = stats.mean_estimate(controls, data.scope, ctx.level)
     k = len(sel[0][0])
     label = "mean over all other heads" if k == 1 else \
         f"{int(ctx.meas.args.get('n_control', 10))} random sets of {k} heads"
-    how = " (chosen on one half of the examples, measured on the other)" if isinstance(heads, str) else ""
     bound = ">" if direction == ">=" else "<"
     msg = (f"{metric} drop when ablating {_heads_text(heads)} in '{model}' = {est} (needs {bound} {value}; "
            f"control {label}: {ctl.estimate:.3f}){how}{scope_note(est)}")
     return CheckResult(name, {}, outcome, msg, est, value, direction,
-                       {"label": label, "estimate": ctl.estimate, "lo": ctl.lo, "hi": ctl.hi},
-                       {"selected_heads": _selected(sel), "metric": metric})
+                       {"label": label, "estimate": ctl.estimate, "lo": ctl.lo, "hi": ctl.hi}, details)
 
 
 def _effect_params(bound: str) -> tuple[Param, ...]:

@@ -64,7 +64,7 @@ def decoding_accuracy_at_least(ctx: CheckContext, model: str, variable: str, val
     if any(np.isnan(c).any() for c in correct):
         raise ctx.error(f"'{variable}' could not be cross-validated in '{model}' (a class with fewer than 2 "
                         "examples): there is no decoding accuracy")
-    est = stats.mean_estimate(correct, data.scope, ctx.level)
+    est = stats.mean_estimate(correct, data.scope, ctx.level, proportion=True)
     outcome = stats.judge(est, value, ">=")
     null = data.values(f"decode/null_acc/{variable}")
     chance = majority(ctx.meas.labels[variable])
