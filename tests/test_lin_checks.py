@@ -68,20 +68,25 @@ def test_centroid_of_a_known_profile():
     assert profile[[0, 2]].tolist() == [0.0, 0.0] and profile[1] > 0 and profile[3] > 0
     assert c == pytest.approx((profile[1] + 3 * profile[3]) / (profile[1] + profile[3]))
     assert 1.5 < c < 2.5
+    # each head weighs effect_a * effect_b (the product of its two halves' means)
+    ma, mb = eff[a].mean(0), eff[b].mean(0)
+    assert profile[1] == pytest.approx(ma[1, 0] * mb[1, 0]) and profile[3] == pytest.approx(ma[3, 2] * mb[3, 2])
 
 
 def test_null_heads_add_no_mass():
-    """15 noisy heads that do nothing and one that matters in the last layer: only that head counts (clipping
-    the noise at 0 gave every layer mass and pulled the centroid towards the middle)."""
+    """15 noisy heads that do nothing and one that matters in the last layer: the null heads' weights average
+    to 0 (clipping the noise at 0 gave every layer mass and pulled the centroid towards the middle)."""
     a, b = stats.split_halves(N, 0)
-    old = []
+    old, new, null_mass = [], [], []
     for seed in range(5):
         eff = flips(np.random.default_rng(seed), {(3, 1): 0.4}, noise=0.1)
         c, profile = centroid(eff, a, b)
-        assert c == pytest.approx(3.0) and profile[:3].tolist() == [0.0, 0.0, 0.0]
+        new.append(c)
+        null_mass.append(profile[:3].sum() / profile.sum())
         clipped = np.clip(eff[b].mean(0), 0, None).sum(1)  # what the old profile summed
         old.append((np.arange(4) * clipped).sum() / clipped.sum())
     assert np.mean(old) < 2.7
+    assert abs(np.mean(new) - 3.0) < 0.05 and abs(np.mean(null_mass)) < 0.02
 
 
 def test_centroid_of_nothing_is_nan():
@@ -124,7 +129,7 @@ def test_identical_models_do_not_differ():
 
 def test_a_noisier_but_identical_model_does_not_look_later():
     """Same heads, same effects, 7x the random flips: the old clipped profile made such a model "look later"
-    89 % of the time; the debiased centroid of significant heads does not move."""
+    89 % of the time; the centroid of squared effects from two halves does not move."""
     passes, diffs = 0, []
     for sim in range(8):
         noisy = role(replicates(100 + sim, EARLY, noise=0.15))

@@ -20,10 +20,11 @@ one-half one.
 
 Significance. `top_heads_in_layers` counts a top head only if its effect is significant on the measurement
 half (one-sided sign test or t-test on the paired per-example changes, Holm over the heads tested).
-`layer_centroid_higher` builds each replicate's layer profile from the heads that are significant on the
-selection half (Holm over all heads), weighted by their effect on the other half: noise in heads that do
-nothing no longer adds mass to every layer (clipping estimated effects at 0 did, and pulled every centroid to
-the middle layer: a model that was only noisier "looked later" 89 % of the time).
+`layer_centroid_higher` weighs each head by its squared effect, estimated as the product of its mean effects
+on two independent halves (`experiments.head_ablation.centroid`): a head that does nothing has expected
+weight exactly 0, so noise no longer adds mass to every layer (clipping estimated effects at 0 did, and pulled
+every centroid to the middle layer: a model that was only noisier "looked later" 89 % of the time), and a
+noisier model does not lose small heads the way a significance filter lost them.
 
 Per-replicate statistics (a share of heads, a centroid) get a t interval over replicates whose variance is
 floored by each replicate's own sampling variance (a bootstrap over examples, selection redone in every draw).
@@ -414,7 +415,7 @@ def layer_centroid_higher(ctx: CheckContext, model: str, than: str, by: float = 
         details["expected_heads"] = found
         note = f"; expected heads critical: {sum(found.values())}/{len(found)} (informational)"
     left = ", ".join(f"{n} replicate(s) of '{r}'" for r, n in details["replicates_without_profile"].items() if n)
-    msg = (f"layer centroid of '{model}' minus '{than}' ({metric} drops of significant heads) = {est} layers "
+    msg = (f"layer centroid of '{model}' minus '{than}' ({metric} drops, squared, from two halves) = {est} layers "
            f"(needs > {by:g}); centroids {np.mean(A['centroid']):.2f} vs {np.mean(B['centroid']):.2f}, middle "
            f"layer {(La - 1) / 2:g}{note}" + (f"; left out (no head matters): {left}" if left else "")
            + scope_note(est))

@@ -120,7 +120,9 @@ def decoding_above_null(ctx: CheckContext, model: str, variable: str, alpha: flo
     elif data.scope != "checkpoint" and n_rep < 2:
         outcome, why = "inconclusive", f" — inconclusive: {est.insufficient}"
     else:
-        outcome = "passed" if beats == n_rep else "failed" if beats == 0 else "inconclusive"
+        # failing needs evidence, not a missing one: only an interval for accuracy minus null wholly below 0
+        # fails (a decoder that does not beat its null in a replicate shows no effect; it shows no absence)
+        outcome = "passed" if beats == n_rep else "failed" if est.hi < 0 else "inconclusive"
         why = scope_note(est) if data.scope == "checkpoint" else ""
     where = f"best layer per replicate {[r['best_layer'] for r in per_rep]}" if len(layers) > 1 else f"layer {layers[0]}"
     msg = (f"decoding '{variable}' from '{model}' beats its shuffled-label null in {beats}/{n_rep} replicates "

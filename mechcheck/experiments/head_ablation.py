@@ -35,30 +35,35 @@ from mechcheck.registry import EXPERIMENTS, UNITS, Param
 
 __all__ = ["head_ablation", "sweep_unit", "attention_unit", "ablation_set_unit", "centroid", "SIGNIFICANCE"]
 
-#: significance level of the per-head tests that decide which heads make a layer profile (one-sided, Holm)
+#: significance level of the per-head tests (one-sided, Holm): a top head "matters"; a replicate "has a profile"
 SIGNIFICANCE = 0.05
 
 
-def centroid(eff: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray, alpha: float = SIGNIFICANCE) -> tuple[float, np.ndarray]:
-    """(layer centroid, layer profile) of one replicate's (n, L, H) effects, debiased.
+def centroid(eff: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray) -> tuple[float, np.ndarray]:
+    """(layer centroid, layer profile) of one replicate's (n, L, H) effects, without the bias of noise.
 
-    Heads count when their effect is significant on rows_a (one-sided, Holm over all L x H heads); each counts
-    with its mean effect on rows_b (not clipped: an unbiased estimate of a head chosen without those rows).
-    LP(l) sums them per layer; the centroid is sum_l l LP(l) / sum_l LP(l), NaN when nothing counts.
+    Each head weighs by the square of its effect, estimated from two independent halves of the examples:
+    w = mean_a * mean_b (an unbiased estimate of effect^2: the noise of the two halves is independent), and
+    only when mean_a + mean_b > 0 (a head whose ablation *helps* is not relied on). For a head that does
+    nothing the two means are independent and symmetric around 0, so its expected weight is exactly 0: noise
+    adds no mass to any layer, however noisy the model. (Summing clipped estimated effects gave every layer
+    the noise's positive part and pulled a noisier model's centroid to the middle; weighting only the heads
+    found significant made the estimand depend on power: a noisier model missed small heads and "looked"
+    elsewhere.) LP(l) sums the weights per layer; the centroid is sum_l l LP(l) / sum_l LP(l). NaN when no
+    head's effect is significant on all the examples (one-sided, Holm over all heads): no profile at all.
     """
     n, L, H = eff.shape
     flat = eff.reshape(n, L * H)
-    significant = stats.holm(stats.paired_pvalues(flat[rows_a])) < alpha
-    if not significant.any():
+    rows = np.concatenate([rows_a, rows_b])
+    if not (stats.holm(stats.paired_pvalues(flat[rows])) < SIGNIFICANCE).any():
         return float("nan"), np.zeros(L)
-    weight = np.where(significant, flat[rows_b].mean(0), 0.0).reshape(L, H)
+    ma, mb = flat[rows_a].mean(0), flat[rows_b].mean(0)
+    weight = np.where(ma + mb > 0, ma * mb, 0.0).reshape(L, H)
     profile = weight.sum(1)
     total = profile.sum()
     if total <= 0:
         return float("nan"), profile
     return float((np.arange(L) * profile).sum() / total), profile
-
-
 
 
 def _reference(ctx, method: str, batch_size: int):

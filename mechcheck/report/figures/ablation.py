@@ -64,9 +64,9 @@ def head_ablation_figures(claim: ClaimResult, fig_dir: Path) -> list[Path]:
 def _draw_comparison(models: Mapping[str, Any], args: Mapping[str, Any]) -> Figure | None:
     """Roles side by side: mean-over-seeds head effects on one colour scale, then each role's layer profile.
 
-    The layer profile is the share, per layer, of the effect of the heads that matter (significant on one half
-    of the examples, weighted by their effect on the other: what `layer_centroid_higher` weighs), with the mean
-    centroid marked, so models of different sizes of effect compare on one axis.
+    The layer profile is the share, per layer, of the heads' squared effects (each estimated from two halves of
+    the examples: what `layer_centroid_higher` weighs), with the mean centroid marked, so models of different
+    sizes of effect compare on one axis.
     """
     import numpy as np
     from matplotlib.figure import Figure
@@ -87,7 +87,7 @@ def _draw_comparison(models: Mapping[str, Any], args: Mapping[str, Any]) -> Figu
     ax = axes[-1]
     for role in roles:
         data = models[role]
-        if data.get("layer_profile"):  # the debiased profile the centroid check uses (significant heads)
+        if data.get("layer_profile"):  # the profile the centroid check uses (squared effects, from two halves)
             lp = np.nanmean(np.array(data["layer_profile"], dtype=float), axis=0)
         else:
             lp = np.clip(means[role], 0, None).sum(axis=1)
@@ -98,7 +98,7 @@ def _draw_comparison(models: Mapping[str, Any], args: Mapping[str, Any]) -> Figu
         if cents:
             ax.axvline(float(np.mean(cents)), color=line.get_color(), linestyle="--", linewidth=1)
     ax.set_xlabel("layer", fontsize=9)
-    ax.set_ylabel("share of the significant heads' effect", fontsize=9)
+    ax.set_ylabel("share of the squared head effects", fontsize=9)
     ax.set_title("layer profile (dashed: mean centroid)", fontsize=9)
     ax.legend(fontsize=8)
     ax.tick_params(labelsize=8)
