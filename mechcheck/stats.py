@@ -30,7 +30,10 @@ examples, with the crossed variance of the difference (`difference_estimate`).
 Scope. A role that is one fixed model (a loaded checkpoint, a fixture trained with a fixed seed) makes the
 claim about *that checkpoint*: its interval covers the eval examples only, and the report says so. A role
 trained per seed needs at least 2 replicates: with 1 the estimate is marked *insufficient*, and the verdict
-is `inconclusive` with the reason, never a pass on example noise alone. One checkpoint's proportion (0/1
+is `inconclusive` with the reason, never a pass on example noise alone. One checkpoint's per-example flips
+in {-1, 0, 1} (an ablation's effect on accuracy) get the score interval of their mean (the variance taken at
+each candidate mean, as in Wilson's interval), which holds near a boundary where the t interval did not (9 %
+false passes at an effect of 0.98). One checkpoint's proportion (0/1
 values: accuracy, decoder correctness) gets the exact binomial (Clopper-Pearson) interval: the t interval over
 examples is a Wald interval there, whose one-sided error grows towards the bounds, where accuracy claims
 live (exactly 4.3 / 5.7 / 6.2 / 8.9 % false passes at a true accuracy of 0.8 / 0.9 / 0.95 / 0.98 with 200
@@ -44,6 +47,7 @@ The two-sided 95 % interval gives each one-sided verdict a 2.5 % error rate.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 
@@ -182,8 +186,11 @@ def mean_estimate(per_replicate: Sequence[np.ndarray], scope: str = RECIPE, leve
         if proportion and np.isin(a, (0.0, 1.0)).all():
             return _clopper_pearson(a, level, scope)
         v = float(a.var(ddof=1)) / a.size if a.size > 1 else math.nan
-        return _finish(estimate, [(v, a.size - 1)], level, n, 1, scope, "t interval over examples (one checkpoint)",
-                       means)
+        est = _finish(estimate, [(v, a.size - 1)], level, n, 1, scope, "t interval over examples (one checkpoint)",
+                      means)
+        if np.isin(a, (-1.0, 0.0, 1.0)).all() and math.isfinite(est.lo):
+            return _with_flip_bounds(est, a, level)
+        return est
     components = [(float(means.var(ddof=1)) / R, R - 1)]
     if len({a.size for a in arrays}) == 1 and n > 1:
         cols = np.stack(arrays).mean(axis=0)  # per-example means over replicates
@@ -192,6 +199,29 @@ def mean_estimate(per_replicate: Sequence[np.ndarray], scope: str = RECIPE, leve
     else:
         method = f"t interval over {R} replicate means"
     return _finish(estimate, components, level, n, R, scope, method, means)
+
+
+def _with_flip_bounds(est: Estimate, a: np.ndarray, level: float) -> Estimate:
+    """`est` widened to the score interval for the mean of values in {-1, 0, 1} (one checkpoint's flips).
+
+    Like Wilson's interval for a proportion, the variance is taken at each candidate mean m rather than at the
+    sample mean: with the observed share q of zeros, Var = (1 - q) - m^2, and the interval is every m with
+    (mean - m)^2 <= z^2 Var(m) / n. Near a boundary (an ablation that breaks almost every answer: values
+    almost all +1) the t interval over examples is a Wald interval, and it was measured to pass 9 % of the time
+    at the threshold; away from the boundary the two agree. The result is the hull of both.
+    """
+    n = a.size
+    z = _t_quantile(level, n - 1)
+    c = 1.0 - float((a == 0).mean())  # P(+1) + P(-1)
+    x = float(a.mean())
+    A, B, C = n + z * z, -2.0 * n * x, n * x * x - z * z * c
+    disc = B * B - 4 * A * C
+    if disc < 0:
+        return est
+    root = math.sqrt(disc)
+    lo, hi = (-B - root) / (2 * A), (-B + root) / (2 * A)
+    return dataclasses.replace(est, lo=min(est.lo, lo), hi=max(est.hi, hi),
+                               method=est.method + ", widened to the score interval of a {-1, 0, 1} mean")
 
 
 def _clopper_pearson(a: np.ndarray, level: float, scope: str) -> Estimate:

@@ -29,6 +29,11 @@ noisier model does not lose small heads the way a significance filter lost them.
 Per-replicate statistics (a share of heads, a centroid) get a t interval over replicates whose variance is
 floored by each replicate's own sampling variance (a bootstrap over examples, selection redone in every draw).
 
+Properties of the top heads other than their effect (`attention_to`) must hold for whichever heads could be
+the top k: the interval spans the least and the most attentive set among the top k and every head whose
+effect is not significantly below the k-th (Bonferroni over heads). Measuring only the heads the noise
+happened to pick passed 26-68 % of the time at the threshold when the true top head was weak.
+
 Controls: random heads of the same count (for one head, the mean over all other heads; for k heads,
 `n_control` random sets ablated jointly), chance for shares, uniform attention for attention.
 """
@@ -247,9 +252,11 @@ def attention_to(ctx: CheckContext, model: str, heads: Any, tokens: str, at_leas
     if tokens not in meas.groups:
         raise ctx.error(f"tokens: the task marks no token group {tokens!r}", allowed=tuple(sorted(meas.groups)))
     data = ctx.role(model)
-    sel = _selection(ctx, model, heads, meas.args.get("metric", "accuracy"))
+    metric = meas.args.get("metric", "accuracy")
+    sel = _selection(ctx, model, heads, metric)
     att = data.values(f"attention/{tokens}")
-    values, others = [], []
+    values, others, worst, best = [], [], [], []
+    plausible_sets = []
     for r, (hs, rows) in enumerate(sel):
         a = att[r][rows]  # (m, L, H)
         mask = np.zeros(a.shape[1:], dtype=bool)
@@ -257,7 +264,26 @@ def attention_to(ctx: CheckContext, model: str, heads: Any, tokens: str, at_leas
             mask[layer, head] = True
         values.append(a[:, mask].mean(1))
         others.append(a[:, ~mask].mean(1) if (~mask).any() else a.reshape(len(rows), -1).mean(1))
+        if isinstance(heads, str):  # the attention of any set of k heads that could be the top k
+            flat = a.reshape(len(rows), -1)
+            plausible = _plausible_top(data.values(f"sweep/head/{metric}")[r], _halves(ctx)[0], len(hs),
+                                       [ctx.seed, r, 0x70])
+            by_attention = plausible[np.argsort(flat[:, plausible].mean(0), kind="stable")]
+            worst.append(flat[:, by_attention[: len(hs)]].mean(1))
+            best.append(flat[:, by_attention[-len(hs):]].mean(1))
+            plausible_sets.append([f"L{i // data.n_heads}H{i % data.n_heads}" for i in sorted(plausible)])
     est = stats.mean_estimate(values, data.scope, ctx.level)
+    how = ""
+    if isinstance(heads, str):
+        low = stats.mean_estimate(worst, data.scope, ctx.level)
+        high = stats.mean_estimate(best, data.scope, ctx.level)
+        if not (est.insufficient or low.insufficient or high.insufficient):
+            est = dataclasses.replace(est, lo=min(est.lo, low.lo), hi=max(est.hi, high.hi),
+                                      method=est.method + "; the interval spans every set of heads that could be "
+                                                          "the top k (not significantly below the k-th)")
+        sizes = sorted({len(p) for p in plausible_sets})
+        how = (f" (chosen on one half, measured on the other; the interval spans the least and the most attentive "
+               f"of the heads that could be the top {len(sel[0][0])}: {'/'.join(map(str, sizes))} per replicate)")
     ctl = stats.mean_estimate(others, data.scope, ctx.level)
     # what attention spread evenly over the visible positions would give
     T = meas.groups[tokens].shape[1]
@@ -265,12 +291,28 @@ def attention_to(ctx: CheckContext, model: str, heads: Any, tokens: str, at_leas
     uniform = float((meas.groups[tokens] & visible).sum(1).mean() / visible.sum(1).mean())
     outcome = stats.judge(est, at_least, ">=")
     msg = (f"attention from the answer position to '{tokens}' in {_heads_text(heads)} of '{model}' = {est} "
-           f"(needs > {at_least}; other heads: {ctl.estimate:.3f}; uniform attention: {uniform:.3f})"
+           f"(needs > {at_least}; other heads: {ctl.estimate:.3f}; uniform attention: {uniform:.3f}){how}"
            f"{scope_note(est)}")
     return CheckResult("attention_to", {}, outcome, msg, est, at_least, ">=",
                        {"label": "all other heads", "estimate": ctl.estimate, "lo": ctl.lo, "hi": ctl.hi,
                         "uniform": uniform},
-                       {"selected_heads": _selected(sel)})
+                       {"selected_heads": _selected(sel), "plausible_top_heads": plausible_sets})
+
+
+def _plausible_top(eff: np.ndarray, rows: np.ndarray, k: int, seed) -> np.ndarray:
+    """Flat indices of the heads that could be among the top k by mean effect on `rows`: the top k, and every
+    head whose effect is not significantly below the k-th's (one-sided paired tests, 5 % Bonferroni-corrected
+    over the heads: the k-th was picked on the same rows, so single tests would exclude a true top head too
+    often). eff: (n, L, H).
+
+    A check that reads a property of "the top heads" other than their effect (their attention) must hold for
+    whichever of these heads the selection happened to pick: with weak or near-tied effects the pick is noise,
+    and the property of a noise pick is not the property of the top heads."""
+    flat = eff[rows].reshape(len(rows), -1)
+    top = stats.top_k(flat.mean(0), k, seed)
+    kth = top[-1]
+    p = stats.paired_pvalues(flat[:, [kth]] - flat)  # is the k-th head's effect larger than each head's?
+    return np.union1d(top, np.flatnonzero(~(p < _ALPHA / flat.shape[1])))
 
 
 # ---------------------------------------------------------------------------------- top heads in layers
