@@ -19,7 +19,7 @@ from mechcheck.registry import EXPERIMENTS, UNITS, Param
 __all__ = ["evaluate", "clean_unit", "clean_summary"]
 
 
-@UNITS.register("clean", version="1", doc="per-example answer metrics and candidate logits of the clean model")
+@UNITS.register("clean", version="2", doc="per-example answer metrics and candidate logits of the clean model")
 def clean_unit(ctx) -> UnitResult:
     from mechcheck.interventions import run
 

@@ -12,7 +12,8 @@ a layer at once) are ablated too, because single-head effects hide redundancy (a
 <= 1.4 pp where the whole layer costs 24-46 pp).
 
 Effects are exact: `mechcheck.interventions.ablation_sweep` runs each ablation from the ablated layer up,
-from the clean run's kept block inputs (the lower blocks would compute the same bits). An effect is clean
+from the clean run's kept block inputs (the lower blocks would compute the same bits), equal to a full forward
+pass up to float rounding (its GPT-2 shortcuts, see `interventions.sweep`). An effect is clean
 minus ablated, so positive means "the model needed this head". Metrics: `mechcheck.metrics`.
 
 Units (each cached on its own): ``clean`` (shared with `evaluate`), ``sweep`` (every single head and every
@@ -76,7 +77,7 @@ def _reference(ctx, method: str, batch_size: int):
     return reference(ctx.model, ctx.batch, sites, batch_size=batch_size, examples=method == "resample")
 
 
-@UNITS.register("sweep", version="1", doc="effect of ablating every head alone and every whole layer")
+@UNITS.register("sweep", version="2", doc="effect of ablating every head alone and every whole layer")
 def sweep_unit(ctx) -> UnitResult:
     from mechcheck.interventions import Job, ablation_sweep
 
@@ -96,7 +97,7 @@ def sweep_unit(ctx) -> UnitResult:
     return UnitResult(arrays)
 
 
-@UNITS.register("ablation_set", version="1", doc="effect of ablating each of several sets of heads jointly")
+@UNITS.register("ablation_set", version="2", doc="effect of ablating each of several sets of heads jointly")
 def ablation_set_unit(ctx) -> UnitResult:
     from mechcheck.interventions import Job, ablation_sweep
 

@@ -8,8 +8,8 @@ them to a block of code and always removes them. On top of that:
   reference set, activation and cross-model patching from per-example sources, fixed or learnable masks,
   capture at the answer position, every position, or a position-specific mean with padding left out);
 - `run(model, batch, interventions, read=sites)`: one batched entry point returning per-example arrays;
-- `ablation_sweep`: exact ablation of many heads or head sets, each run only from its lowest layer up, from
-  the clean run's kept block inputs.
+- `ablation_sweep`: exact ablation (or activation patching) of many heads or head sets, each run only from its
+  lowest layer up, from the clean run's kept block inputs.
 
 The model's weights are never changed: interventions live in hooks, outside the module's parameters.
 """

@@ -1,8 +1,9 @@
 """The one entry point: ``run(model, batch, interventions, read=sites)`` -> per-example arrays.
 
 `run` splits the batch into chunks, installs every intervention's hook (and a reader per `Read`) around each
-forward pass, computes the output head at each example's answer position only (the rest of the logits would
-be thrown away; for a small model with a big vocabulary it is most of the compute), and returns numpy arrays:
+forward pass, computes the output head at each example's answer position and for the answer candidates only
+(the rest of the logits would be thrown away; for a small model with a big vocabulary it is most of the
+compute), and returns numpy arrays:
 the per-example answer metrics (`mechcheck.metrics`), the candidates' logits, and what was read. Gradients are
 off; `forward` is the building block with gradients, for learning masks.
 """
@@ -46,8 +47,9 @@ def valid_positions(tokens: np.ndarray, pad_id: int) -> np.ndarray:
     return np.arange(T)[None, :] <= last[:, None]
 
 
-def forward(model, tokens, answer_pos, valid=None):
-    """(B, V) output-head logits at each row's answer position, with whatever hooks are installed.
+def forward(model, tokens, answer_pos, valid=None, ids=None):
+    """(B, V) output-head logits at each row's answer position, with whatever hooks are installed; (B, len(ids))
+    with `ids`: the logits of those tokens only (the output head's other rows are not computed).
 
     `valid` (B, T) masks padding out of attention for bidirectional models (causal models need no mask: the
     answer position sees no right-padding). Gradients follow torch's current mode.
@@ -60,6 +62,8 @@ def forward(model, tokens, answer_pos, valid=None):
         kwargs["attention_mask"] = torch.as_tensor(valid, device=tokens.device).long()
     hidden = adapter.base(model.hf)(tokens, **kwargs).last_hidden_state  # (B, T, d)
     rows = torch.arange(tokens.shape[0], device=tokens.device)
+    if ids is not None:
+        return adapter.unembed_ids(model.hf, hidden[rows, answer_pos], ids)
     return adapter.unembed(model.hf, hidden[rows, answer_pos])
 
 
@@ -123,7 +127,7 @@ def run(model, batch, interventions: Sequence[Any] = (), read: Sequence[Read | s
             fwd.answer_pos = torch.as_tensor(batch.answer_pos[sl], device=model.device)
             for r in readers:
                 r.valid = valid_all[sl]
-            logits = forward(model, tokens, fwd.answer_pos, valid_all[sl])[:, candidates].float()  # (B, C)
+            logits = forward(model, tokens, fwd.answer_pos, valid_all[sl], ids=candidates).float()  # (B, C)
             target = torch.as_tensor(batch.target[sl], device=model.device)
             for m, v in candidate_metrics(logits, target).items():
                 metrics[m].append(v)

@@ -21,6 +21,11 @@ wrapper in between: the TransformerLens bridge rebuilds the module tree in place
 The known quirks live here and nowhere else:
 
 - GPT-2 is pre-LN: ``hook_resid_mid`` is the input of ``ln_2``; the final ``ln_f`` follows the last block.
+  Because attention's output is added to the residual stream outside any norm, a sweep may take shortcuts
+  that are exact up to float rounding (`Adapter.shortcuts`): a change of some heads' ``hook_z`` changes the
+  residual after attention by that change times those heads' rows of W_O (the other heads' attention is
+  untouched), and a last block whose only needed output is the answer position needs every position's keys
+  and values but only that position's query, W_O and MLP.
 - BERT is post-LN: the attention output after W_O (``attention.output.dense``) is added to the block input
   *inside* a LayerNorm, so ``attn.o.hook_out`` is that dense output before the add-and-norm, and a block's
   ``hook_resid_post`` is its LayerNorm'd output. BERT has no ``hook_resid_mid`` and no final norm; it reads the
@@ -139,6 +144,29 @@ class Adapter:
     def resid_mid_module(self, model, layer: int):
         raise ValueError(f"{type(self).__name__}: this architecture has no hook_resid_mid")
 
+    def unembed_ids(self, model, hidden, ids):
+        """Output-head logits of `ids` only: hidden (..., d_model) -> (..., len(ids)) (the rest is not needed)."""
+        return self.unembed(model, hidden)[..., ids]
+
+    # ---- the sweep's shortcuts (`interventions.sweep`); architectures without them run whole blocks ----------
+
+    def shortcuts(self, model) -> bool:
+        """Whether `head_write`, `after_attention` and `block_at` are exact for this model (pre-LN models)."""
+        return False
+
+    def head_write(self, model, layer: int, dz, heads):
+        """The change of the attention output (..., d_model) when `heads`' z change by dz (..., len(heads), d_head)."""
+        raise NotImplementedError
+
+    def after_attention(self, model, layer: int, resid_mid):
+        """Block `layer`'s output from its residual stream after attention (..., d_model): the MLP half."""
+        raise NotImplementedError
+
+    def block_at(self, model, layer: int, x, pos, args: tuple, kwargs: dict):
+        """Block `layer`'s output (B, d_model) at one position per row `pos` (B,), from its input x (B, T, d_model)
+        and the other arguments the model passed it (`args`, `kwargs`)."""
+        raise NotImplementedError
+
     def qkv(self, model, layer: int, which: str) -> QKV:
         """Where the residual input of the attention's q, k or v (`which`) enters, and how a head's part of
         that projection is computed from another input."""
@@ -210,6 +238,46 @@ class GPT2Adapter(Adapter):
 
         return QKV(block.ln_1, block.attn.c_attn, columns, project)
 
+    def unembed_ids(self, model, hidden, ids):
+        return _linear_rows(hidden, model.lm_head.weight, None, ids)
+
+    def shortcuts(self, model):
+        cfg = model.config
+        # the upcast-and-reorder variant computes attention in another order; cross-attention adds a sublayer
+        return (getattr(cfg, "_attn_implementation", None) == "eager" and not cfg.reorder_and_upcast_attn
+                and not cfg.add_cross_attention)
+
+    def head_write(self, model, layer, dz, heads):
+        c_proj = model.transformer.h[layer].attn.c_proj  # Conv1D: x @ weight + bias, weight (H * d_head, d)
+        h, d_head = dz.shape[-2], dz.shape[-1]
+        w = c_proj.weight.view(-1, d_head, c_proj.weight.shape[-1])[list(heads)]  # (h, d_head, d)
+        return (dz.reshape(-1, h * d_head) @ w.reshape(h * d_head, -1)).view(*dz.shape[:-2], -1)
+
+    def after_attention(self, model, layer, resid_mid):
+        block = model.transformer.h[layer]
+        return resid_mid + block.mlp(block.ln_2(resid_mid))  # as GPT2Block.forward: residual + MLP(ln_2(.))
+
+    def block_at(self, model, layer, x, pos, args, kwargs):
+        import torch
+        from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward
+
+        block = model.transformer.h[layer]
+        attn = block.attn
+        B, T, d = x.shape
+        rows = torch.arange(B, device=x.device)
+        q, k, v = attn.c_attn(block.ln_1(x)).split(attn.split_size, dim=2)  # (B, T, d) each
+
+        def heads(t):  # (B, T', d) -> (B, H, T', d_head)
+            return t.view(B, t.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)
+
+        mask = args[2] if len(args) > 2 else kwargs.get("attention_mask")  # GPT2Model passes it third
+        if mask is not None:  # (B or 1, 1, T, T) additive -> the answer row's (B, 1, 1, T)
+            mask = mask.expand(B, -1, -1, -1)[rows, :, pos].unsqueeze(2)
+        z, _ = eager_attention_forward(attn, heads(q[rows, pos].unsqueeze(1)), heads(k), heads(v), mask,
+                                       scaling=attn.scaling)  # (B, 1, H, d_head)
+        attn_out = attn.c_proj(z.reshape(B, d))
+        return self.after_attention(model, layer, attn_out + x[rows, pos])
+
 
 class BertAdapter(Adapter):
     classes = ("BertForMaskedLM",)
@@ -223,6 +291,10 @@ class BertAdapter(Adapter):
 
     def unembed(self, model, hidden):
         return model.cls(hidden)
+
+    def unembed_ids(self, model, hidden, ids):
+        head = model.cls.predictions
+        return _linear_rows(head.transform(hidden), head.decoder.weight, head.decoder.bias, ids)
 
     def w_o(self, model, layer):
         return model.bert.encoder.layer[layer].attention.output.dense
@@ -247,6 +319,14 @@ class BertAdapter(Adapter):
             return x @ linear.weight[rows].T + linear.bias[rows]
 
         return QKV(linear, linear, columns, project)
+
+
+def _linear_rows(hidden, weight, bias, ids):
+    """``hidden @ weight[ids].T + bias[ids]``: the output head's logits of `ids` only (weight (V, d))."""
+    import torch
+
+    ids = torch.as_tensor(ids, device=weight.device)
+    return torch.nn.functional.linear(hidden, weight[ids], None if bias is None else bias[ids])
 
 
 _ADAPTERS: tuple[Adapter, ...] = (GPT2Adapter(), BertAdapter())
