@@ -370,7 +370,8 @@ def test_sweep_is_bit_identical_to_full_forward_passes(case_, data):
         ref = iv.reference(model, batch, [z_site(layer) for layer in range(model.n_layers)],
                            examples=method == "resample")
     clean = iv.run(model, batch)
-    one = iv.ablation_sweep(model, batch, jobs, method=method, positions=positions, reference=ref, per_pass=1)
+    one = iv.ablation_sweep(model, batch, jobs, method=method, positions=positions, reference=ref, per_pass=1,
+                            shortcuts=False)  # whole blocks: the very arithmetic of a full forward
     several = iv.ablation_sweep(model, batch, jobs, method=method, positions=positions, reference=ref,
                                 per_pass=per_pass)
     for m in clean.metrics:
@@ -510,7 +511,7 @@ def test_a_learnable_mask_gets_gradients_and_the_model_none():
     assert all(p.grad is None for p in model.hf.parameters())
     assert _state_hash(model.hf) == before and not torch.equal(mask.detach(), torch.full((H,), 0.5))
     with torch.no_grad():  # and the hooks are gone: the model is the clean model again
-        np.testing.assert_array_equal(iv.forward(model, tokens, pos)[:, batch.candidates].numpy(),
+        np.testing.assert_array_equal(iv.forward(model, tokens, pos, ids=batch.candidates).numpy(),
                                       iv.run(model, batch).candidate_logits)
 
 
