@@ -66,6 +66,7 @@ __all__ = [
     "replicate_estimate",
     "replicate_difference",
     "bootstrap_variance",
+    "bounded",
     "insufficient",
     "judge",
     "paired_pvalue",
@@ -135,6 +136,14 @@ def _finish(estimate: float, components: Sequence[tuple[float, float]], level: f
     return Estimate(estimate=float(estimate), lo=float(lo), hi=float(hi), n=int(n), n_seeds=int(n_seeds),
                     level=level, method=method, se=float(se), df=float(df), scope=scope,
                     replicates=[float(v) for v in replicates], replicates_other=[float(v) for v in other])
+
+
+def bounded(est: Estimate, lo: float, hi: float) -> Estimate:
+    """`est` with its interval cut to the range the quantity cannot leave (an accuracy to [0, 1]): the truth
+    is inside that range, so cutting changes no verdict with a threshold inside it and no coverage."""
+    if est.insufficient or math.isnan(est.lo) or math.isnan(est.hi):
+        return est
+    return dataclasses.replace(est, lo=max(est.lo, lo), hi=min(est.hi, hi))
 
 
 def insufficient(reason: str, estimate: float = math.nan, n: int = 0, n_seeds: int = 0, scope: str = RECIPE,

@@ -207,6 +207,8 @@ def _effect_check(ctx: CheckContext, name: str, model: str, heads: Any, value: f
         est = _hull(est, est_all)
         how = (f" (chosen on one half of the examples, measured on the other; the interval also spans the top "
                f"heads chosen and measured on every example: {est_all})")
+    if metric == "accuracy":  # a change of accuracy lies in [-1, 1]
+        est = stats.bounded(est, -1.0, 1.0)
     outcome = stats.judge(est, value, direction)
     ctl = stats.mean_estimate(controls, data.scope, ctx.level)
     k = len(sel[0][0])
@@ -289,6 +291,7 @@ def attention_to(ctx: CheckContext, model: str, heads: Any, tokens: str, at_leas
     T = meas.groups[tokens].shape[1]
     visible = np.arange(T)[None, :] <= meas.answer_pos[:, None]
     uniform = float((meas.groups[tokens] & visible).sum(1).mean() / visible.sum(1).mean())
+    est = stats.bounded(est, 0.0, 1.0)  # a share of attention
     outcome = stats.judge(est, at_least, ">=")
     msg = (f"attention from the answer position to '{tokens}' in {_heads_text(heads)} of '{model}' = {est} "
            f"(needs > {at_least}; other heads: {ctl.estimate:.3f}; uniform attention: {uniform:.3f}){how}"
@@ -377,7 +380,7 @@ def top_heads_in_layers(ctx: CheckContext, model: str, top: int, layers: list[in
             h["head"] = f"L{layer}H{head}"
             h["effect"] = float(flat[b, layer * H + head].mean())
         details.append(heads)
-    est = stats.replicate_estimate(shares, within, data.scope, ctx.level)
+    est = stats.bounded(stats.replicate_estimate(shares, within, data.scope, ctx.level), 0.0, 1.0)
     outcome = stats.judge(est, at_least, ">=")
     chance = len(set(layers)) / L
     msg = (f"share of the top {top} heads of '{model}' (by {metric} drop, chosen on half the examples) that lie "

@@ -16,7 +16,8 @@ __all__ = ["accuracy_at_least"]
 def accuracy_at_least(ctx: CheckContext, model: str, value: float) -> CheckResult:
     """The model's clean accuracy on the eval set is at least `value`."""
     data = ctx.role(model)
-    est = stats.mean_estimate(data.values("clean/accuracy"), data.scope, ctx.level, proportion=True)
+    est = stats.bounded(stats.mean_estimate(data.values("clean/accuracy"), data.scope, ctx.level, proportion=True),
+                        0.0, 1.0)
     outcome = stats.judge(est, value, ">=")
     chance = 1.0 / ctx.meas.n_candidates
     return CheckResult("accuracy_at_least", {}, outcome,

@@ -64,7 +64,7 @@ def decoding_accuracy_at_least(ctx: CheckContext, model: str, variable: str, val
     if any(np.isnan(c).any() for c in correct):
         raise ctx.error(f"'{variable}' could not be cross-validated in '{model}' (a class with fewer than 2 "
                         "examples): there is no decoding accuracy")
-    est = stats.mean_estimate(correct, data.scope, ctx.level, proportion=True)
+    est = stats.bounded(stats.mean_estimate(correct, data.scope, ctx.level, proportion=True), 0.0, 1.0)
     outcome = stats.judge(est, value, ">=")
     null = data.values(f"decode/null_acc/{variable}")
     chance = majority(ctx.meas.labels[variable])
@@ -114,7 +114,7 @@ def decoding_above_null(ctx: CheckContext, model: str, variable: str, alpha: flo
                         "null_mean": [round(float(x), 4) for x in na.mean(0)],
                         "p_holm": [round(float(x), 6) for x in p_holm], "beats_null": bool(ok.any())})
     n_rep = len(correct)
-    est = stats.mean_estimate(diffs, data.scope, ctx.level)
+    est = stats.bounded(stats.mean_estimate(diffs, data.scope, ctx.level), -1.0, 1.0)
     if any(np.isnan(c).all() for c in correct):
         outcome, why = "error", ""
     elif data.scope != "checkpoint" and n_rep < 2:
@@ -164,7 +164,7 @@ def mixed_selectivity_higher(ctx: CheckContext, model: str, than: str, by: float
     """The share of mixed-selective final-layer units in `model` exceeds that in `than` by more than `by`."""
     A, B = ctx.role(model), ctx.role(than)
     (sa, wa), (sb, wb) = _shares(A), _shares(B)
-    est = stats.replicate_difference(sa, sb, wa, wb, A.scope, B.scope, ctx.level)
+    est = stats.bounded(stats.replicate_difference(sa, sb, wa, wb, A.scope, B.scope, ctx.level), -1.0, 1.0)
     outcome = stats.judge(est, by, ">=")
     indep = _independent_mixed_share(A)
     msg = (f"share of mixed-selective units (>= 2 of {ctx.meas.args['selectivity']}) in '{model}' minus '{than}' = "

@@ -138,7 +138,8 @@ def accuracy_at_n_at_least(ctx: CheckContext, model: str, n: int, value: float, 
     if n not in grid:
         raise ctx.error(f"n: {n} is not a point of the experiment's grid {grid}", allowed=tuple(map(str, grid)))
     data = ctx.role(model)
-    est = stats.mean_estimate(data.values(f"n{n}/accuracy"), data.scope, ctx.level, proportion=True)
+    est = stats.bounded(stats.mean_estimate(data.values(f"n{n}/accuracy"), data.scope, ctx.level, proportion=True),
+                        0.0, 1.0)
     outcome = stats.judge(est, value, ">=")
     control = {"label": "chance", "estimate": 1.0 / ctx.meas.n_candidates}
     if than is not None:

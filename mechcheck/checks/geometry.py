@@ -26,7 +26,8 @@ _SPACE = Param("space", "choice", default="umap", choices=("umap", "raw"),
 def silhouette_at_least(ctx: CheckContext, model: str, label: str, value: float, space: str = "umap") -> CheckResult:
     """The mean silhouette of `label`'s clusters in `model`'s final states is more than `value`."""
     data = ctx.role(model)
-    est = stats.mean_estimate(data.values(f"geometry/silhouette/{space}/{label}"), data.scope, ctx.level)
+    est = stats.bounded(stats.mean_estimate(data.values(f"geometry/silhouette/{space}/{label}"), data.scope,
+                                            ctx.level), -1.0, 1.0)
     ctl = stats.mean_estimate(data.values(f"geometry/control/{space}/{label}"), data.scope, ctx.level)
     outcome = stats.judge(est, value, ">=")
     msg = (f"silhouette of '{label}' clusters in the {space} space of '{model}' = {est} (needs > {value}; "
@@ -44,7 +45,8 @@ def silhouette_higher(ctx: CheckContext, model: str, than: str, label: str, spac
     """`label`'s clusters are more separated (mean silhouette) in `model` than in `than`."""
     A, B = ctx.role(model), ctx.role(than)
     name = f"geometry/silhouette/{space}/{label}"
-    est = stats.difference_estimate(A.values(name), B.values(name), A.scope, B.scope, ctx.level)
+    est = stats.bounded(stats.difference_estimate(A.values(name), B.values(name), A.scope, B.scope, ctx.level),
+                        -2.0, 2.0)
     outcome = stats.judge(est, by, ">=")
     ctl_name = f"geometry/control/{space}/{label}"
     ctl = stats.difference_estimate(A.values(ctl_name), B.values(ctl_name), A.scope, B.scope, ctx.level)
