@@ -40,6 +40,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: what the engine's workers use, and on a shared 2-core machine tiny
+    models ran many times slower with two (an ablation sweep 30x)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def known_answer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Hugging Face directory holding `single_head_copy_model` (only L0H0 carries the answer)."""

@@ -25,13 +25,7 @@ ROUNDING = 1e-6
 VOCAB = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny models on a shared 2-core machine run many times slower with two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(rng: np.random.Generator, n: int, T: int, padded: bool) -> TaskBatch:

@@ -46,6 +46,14 @@ def _writable(site: Site) -> Site:
     return site
 
 
+def _normalise_target(iv) -> None:
+    """The site, positions and units of a frozen intervention in their canonical forms (or a ValueError)."""
+    object.__setattr__(iv, "site", _writable(Site.parse(iv.site)))
+    object.__setattr__(iv, "positions", _check_positions(iv.positions))
+    if iv.units is not None:
+        object.__setattr__(iv, "units", tuple(int(u) for u in iv.units))
+
+
 def _as_tensor(value):
     import torch
 
@@ -127,10 +135,7 @@ class Ablate:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "site", _writable(Site.parse(self.site)))
-        object.__setattr__(self, "positions", _check_positions(self.positions))
-        if self.units is not None:
-            object.__setattr__(self, "units", tuple(int(u) for u in self.units))
+        _normalise_target(self)
         if self.method not in ("zero", "mean", "resample"):
             raise ValueError(f"method must be zero, mean or resample, got {self.method!r}")
         if self.method != "zero" and self.reference is None:
@@ -174,10 +179,7 @@ class Patch:
     positions: Positions = "all"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "site", _writable(Site.parse(self.site)))
-        object.__setattr__(self, "positions", _check_positions(self.positions))
-        if self.units is not None:
-            object.__setattr__(self, "units", tuple(int(u) for u in self.units))
+        _normalise_target(self)
 
     def hook(self):
         source = _as_tensor(self.source)
