@@ -222,10 +222,6 @@ def _decode_replicate(features, final, labels, variables, selectivity, classifie
     return _DecodeReplicate(layers, correct, null_acc, null_ex, sel, not_conv)
 
 
-def _majority(y: np.ndarray) -> float:
-    return float(np.bincount(np.unique(y, return_inverse=True)[1]).max() / len(y))
-
-
 def majority(y: np.ndarray) -> float:
     """The share of the most frequent class: what predicting a constant achieves."""
     return float(np.bincount(np.unique(y, return_inverse=True)[1]).max() / len(y))

@@ -198,7 +198,9 @@ class Patch:
 class Mask:
     """``m * activation + (1 - m) * source`` with per-unit weights `weights` (U,) along the component axis.
 
-    `weights` may be a torch Parameter: gradients flow into it and nowhere else (the model is left alone).
+    `weights` may be a torch Parameter to learn: the model's weights are never changed by the mask, but they still
+    require gradients, so backpropagate into the mask alone (``loss.backward(inputs=[mask])``, or an optimiser
+    over the mask only).
     `source` is (n, T, ...) per example, or None for 0 (then the mask scales the units).
     """
 

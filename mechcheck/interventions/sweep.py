@@ -54,6 +54,10 @@ class Job:
 
     heads: Heads
 
+    def __post_init__(self) -> None:
+        if not self.heads:
+            raise ValueError("a sweep job needs at least one [layer, head] to ablate (an empty job changes nothing)")
+
     @property
     def start(self) -> int:
         return min(layer for layer, _ in self.heads)
