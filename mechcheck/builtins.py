@@ -9,6 +9,7 @@ import mechcheck.checks.behaviour  # noqa: F401
 import mechcheck.checks.decoding  # noqa: F401
 import mechcheck.checks.efficiency  # noqa: F401
 import mechcheck.checks.geometry  # noqa: F401
+import mechcheck.checks.layers  # noqa: F401
 import mechcheck.experiments.decoding  # noqa: F401
 import mechcheck.experiments.evaluate  # noqa: F401
 import mechcheck.experiments.geometry  # noqa: F401

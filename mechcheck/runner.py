@@ -242,7 +242,7 @@ class Runner:
                            for role, v in roles.items() for ref in v["refs"]]
 
     def _judge(self, p: _Prepared) -> None:
-        from mechcheck.checks import CheckContext, check_requests, run_check
+        from mechcheck.checks import CheckContext, run_check
         from mechcheck.registry import EXPERIMENTS
         from mechcheck.results import CheckResult
 

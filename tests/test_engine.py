@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write
+from conftest import REPO
 from mechcheck.runner import RunOptions, Runner
 from mechcheck.spec import load_claims
 

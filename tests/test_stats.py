@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from mechcheck import stats
 from mechcheck.results import Estimate
 from mechcheck.stats import (
     CHECKPOINT,

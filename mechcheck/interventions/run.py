@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mechcheck.interventions.edits import Read, Reference
-from mechcheck.interventions.hooks import Forward, hooks
+from mechcheck.interventions.hooks import hooks
 from mechcheck.interventions.sites import Site
 from mechcheck.metrics import METRICS, candidate_metrics
 

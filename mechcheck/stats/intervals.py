@@ -1,49 +1,5 @@
-"""The statistics behind every verdict: intervals that keep their promise with few seeds.
-
-What a claim estimates. A claim about a training *recipe* ("a model trained from scratch relies on layer-0
-heads") is about the distribution of models the recipe produces, evaluated on the task's distribution of
-inputs. Data arrive as one array of per-example values per independently trained replicate, and every
-replicate is evaluated on the *same* eval examples. Two sources of noise matter, and they are crossed:
-
-    y[s, x] = mu + a[s] + b[x] + e[s, x]      (s: replicate, x: example)
-
-- `a`: which model the recipe happened to train (seed-to-seed variation);
-- `b`: which examples were drawn for the eval set; shared by every replicate, so it does not average out
-  over replicates (resampling examples independently per replicate ignores that, and was measured to give
-  13 % false passes at the threshold);
-- `e`: the rest.
-
-`mean_estimate` uses the crossed-design variance  Var(mean) ~= s2(replicate means) / R + s2(example means) / n,
-which estimates sigma_a^2/R + sigma_b^2/n plus twice the (small) interaction term: conservative by
-sigma_e^2/(nR). Its degrees of freedom come from Welch-Satterthwaite, so with few seeds and real seed
-variation the interval is a t interval with about R - 1 degrees of freedom (a percentile bootstrap over 3
-seeds covers only ~71-75 %: its 2.5 % quantile is the smallest seed mean), and with seeds that barely differ
-it becomes the example-level interval. Simulated coverage is in `benchmarks/calibration.py`.
-
-A statistic computed per replicate (a layer centroid, a share of heads, a log ratio) gets a t interval on the
-replicate values with R - 1 degrees of freedom (`replicate_estimate`); its within-replicate sampling variance
-(from a bootstrap over examples, selection redone inside each draw) floors the between-replicate variance, so
-a statistic that happens to take the same value in 3 replicates is not treated as known exactly. Two roles
-are compared with a Welch interval (`replicate_difference`), or, for per-example values measured on the same
-examples, with the crossed variance of the difference (`difference_estimate`).
-
-Scope. A role that is one fixed model (a loaded checkpoint, a fixture trained with a fixed seed) makes the
-claim about *that checkpoint*: its interval covers the eval examples only, and the report says so. A role
-trained per seed needs at least 2 replicates: with 1 the estimate is marked *insufficient*, and the verdict
-is `inconclusive` with the reason, never a pass on example noise alone. One checkpoint's per-example flips
-in {-1, 0, 1} (an ablation's effect on accuracy) get the score interval of their mean (the variance taken at
-each candidate mean, as in Wilson's interval), which holds near a boundary where the t interval did not (9 %
-false passes at an effect of 0.98). One checkpoint's proportion (0/1
-values: accuracy, decoder correctness) gets the exact binomial (Clopper-Pearson) interval: the t interval over
-examples is a Wald interval there, whose one-sided error grows towards the bounds, where accuracy claims
-live (exactly 4.3 / 5.7 / 6.2 / 8.9 % false passes at a true accuracy of 0.8 / 0.9 / 0.95 / 0.98 with 200
-examples, 11.8 % at 0.95 with 100; Clopper-Pearson stays at or below 2.5 % on both sides for every n and p,
-and the Wilson interval's upper end failed up to 8 % near 1).
-
-Verdicts compare the whole interval with the threshold, strictly: `lo > threshold` passes, `hi < threshold`
-fails, anything else (equality included, so a discrete statistic cannot pass on a tie) is inconclusive.
-The two-sided 95 % interval gives each one-sided verdict a 2.5 % error rate.
-"""
+"""Intervals and verdicts: what an estimate of a claim covers, and how it is judged (see the package
+docstring of `mechcheck.stats`)."""
 
 from __future__ import annotations
 
@@ -53,7 +9,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import optimize as _optimize
-from scipy import special as _special
 from scipy import stats as _st
 
 from mechcheck.results import Estimate
@@ -69,14 +24,6 @@ __all__ = [
     "bounded",
     "insufficient",
     "judge",
-    "paired_pvalue",
-    "paired_pvalues",
-    "holm",
-    "bonferroni_level",
-    "split_halves",
-    "random_head_sets",
-    "top_k",
-    "top_k_credit",
 ]
 
 RECIPE, CHECKPOINT = "recipe", "checkpoint"
@@ -352,144 +299,3 @@ def judge(est: Estimate, threshold: float, direction: str = ">=") -> str:
     if direction == ">=":
         return "passed" if est.lo > threshold else "failed" if est.hi < threshold else "inconclusive"
     return "passed" if est.hi < threshold else "failed" if est.lo > threshold else "inconclusive"
-
-
-# ------------------------------------------------------------------------------------------------ tests
-
-
-def paired_pvalue(diffs: np.ndarray | Sequence[float], alternative: str = "greater") -> float:
-    """One-sided p-value that the mean of paired per-example differences is > 0 ("greater") or < 0 ("less").
-
-    Differences all in {-1, 0, 1} (a correct/incorrect flip per example) get an exact sign test on the
-    non-zero ones; others a one-sample t-test. All-zero differences give 1.0; constant non-zero differences
-    give 0.0 or 1.0 by their sign; NaNs give NaN.
-    """
-    d = np.asarray(diffs, dtype=np.float64).ravel()
-    if d.size == 0:
-        raise ValueError("diffs is empty")
-    return float(paired_pvalues(d[:, None], alternative)[0])
-
-
-def paired_pvalues(diffs: np.ndarray, alternative: str = "greater") -> np.ndarray:
-    """`paired_pvalue` of every column of (n, m) `diffs`, vectorised (sign test for ternary columns)."""
-    if alternative not in ("greater", "less"):
-        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
-    d = np.asarray(diffs, dtype=np.float64)
-    if d.ndim != 2 or d.shape[0] == 0:
-        raise ValueError(f"diffs must be (n, m) with n >= 1, got shape {d.shape}")
-    if alternative == "less":
-        d = -d
-    out = np.full(d.shape[1], np.nan)
-    nan_cols = np.isnan(d).any(axis=0)
-    ternary = np.isin(d, (-1.0, 0.0, 1.0)).all(axis=0) & ~nan_cols
-    zero = ~np.any(d != 0, axis=0) & ~nan_cols
-    out[zero] = 1.0
-    tern = ternary & ~zero
-    if tern.any():
-        pos = (d[:, tern] > 0).sum(0)
-        nonzero = (d[:, tern] != 0).sum(0)
-        # P(X >= pos), X ~ Binomial(nonzero, 1/2); the special functions behind scipy.stats' binom.sf and
-        # t.sf, called directly: same values, without the distribution objects' per-call overhead (these
-        # tests run in every draw of the within-replicate bootstraps)
-        out[tern] = _special.bdtrc(pos - 1, nonzero, 0.5)
-    rest = ~ternary & ~zero & ~nan_cols
-    if rest.any():
-        x = d[:, rest]
-        n = x.shape[0]
-        mean, sd = x.mean(0), x.std(0, ddof=1) if n > 1 else np.zeros(x.shape[1])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = mean / (sd / math.sqrt(n))
-        p = np.where(sd > 0, _special.stdtr(max(n - 1, 1), -t), np.where(mean > 0, 0.0, 1.0))
-        if n < 2:
-            p = np.where(mean != 0, np.nan, 1.0)
-        out[rest] = p
-    return out
-
-
-def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values, in the input order (family-wise error control at alpha)."""
-    p = np.asarray(pvalues, dtype=np.float64).ravel()
-    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
-        raise ValueError(f"p-values must lie in [0, 1] (no NaN), got {p.tolist()}")
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    adjusted_sorted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
-    out = np.empty(m)
-    out[order] = adjusted_sorted
-    return out
-
-
-def bonferroni_level(level: float, m: int) -> float:
-    """Per-comparison confidence level so that m simultaneous intervals jointly hold at `level`."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if m < 1:
-        raise ValueError(f"m must be >= 1, got {m}")
-    return 1.0 - (1.0 - level) / m
-
-
-# -------------------------------------------------------------------------------------------- selection
-
-
-def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random partition of range(n) into two halves (sorted): select on one, measure on the other.
-
-    Choosing "the top head" and measuring it on the same examples reports the winner's curse; measuring it on
-    examples the choice never saw does not. The first half has n // 2 indices.
-    """
-    if n < 2:
-        raise ValueError(f"need n >= 2 to split into two non-empty halves, got {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
-
-
-def top_k(scores: np.ndarray, k: int, seed: int | Sequence[int]) -> np.ndarray:
-    """Indices of the k largest `scores`, ties broken at random (by `seed`), not by position.
-
-    Breaking ties by position would fill the top k with the first heads when many heads are tied (e.g. at an
-    effect of exactly 0), and so favour low layers.
-    """
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if not 1 <= k <= s.size:
-        raise ValueError(f"k must be in [1, {s.size}], got {k}")
-    tiebreak = np.random.default_rng(seed).permutation(s.size)
-    return np.lexsort((tiebreak, -s))[:k]
-
-
-def top_k_credit(scores: np.ndarray, k: int) -> np.ndarray:
-    """Fractional membership of each item in the top k: 1 above the k-th score, and the slots left shared
-    equally by the items tied at it (so the credits sum to k and no tie is decided by position)."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if not 1 <= k <= s.size:
-        raise ValueError(f"k must be in [1, {s.size}], got {k}")
-    kth = np.sort(s)[::-1][k - 1]
-    credit = (s > kth).astype(np.float64)
-    tied = s == kth
-    credit[tied] = (k - credit.sum()) / tied.sum()
-    return credit
-
-
-def random_head_sets(n_layers: int, n_heads: int, k: int, n_sets: int, seed: int,
-                     exclude: Iterable[tuple[int, int]] = ()) -> list[list[tuple[int, int]]]:
-    """`n_sets` random sets of k distinct (layer, head) pairs, avoiding `exclude` where possible: the matched
-    control "random heads, same count". Each set is sorted; sets are independent."""
-    total = n_layers * n_heads
-    if n_layers < 1 or n_heads < 1:
-        raise ValueError(f"need n_layers >= 1 and n_heads >= 1, got {n_layers} x {n_heads}")
-    if not 1 <= k <= total:
-        raise ValueError(f"k must be in [1, {total}] for a {n_layers} x {n_heads} model, got {k}")
-    if n_sets < 0:
-        raise ValueError(f"n_sets must be >= 0, got {n_sets}")
-    excluded = {(int(layer), int(head)) for layer, head in exclude}
-    heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
-    pool = [h for h in heads if h not in excluded]
-    rest = [h for h in heads if h in excluded]
-    rng = np.random.default_rng(seed)
-    sets = []
-    for _ in range(n_sets):
-        if len(pool) >= k:
-            picked = [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]
-        else:
-            picked = pool + [rest[i] for i in rng.choice(len(rest), size=k - len(pool), replace=False)]
-        sets.append(sorted(picked))
-    return sets
