@@ -1,4 +1,4 @@
-"""Ablation checks: which heads a model needs, where they sit, and what they attend to.
+"""Ablation checks: which heads a model needs and what they attend to (where they sit: `checks.layers`).
 
 Selection. A check that names heads by rank (`top_head`, `top_3`) picks them on one half of the eval examples
 (the halves are fixed by the claim's data seed) and measures them on the other half only, so "the most
@@ -17,17 +17,6 @@ overstate it (for additive effects it is the largest of all k-sets' estimates, a
 effect checks give a rank selector the hull of both intervals: a verdict needs both on its side of the
 threshold, each protected against the selection error that would favour it. The point estimate is the
 one-half one.
-
-Significance. `top_heads_in_layers` counts a top head only if its effect is significant on the measurement
-half (one-sided sign test or t-test on the paired per-example changes, Holm over the heads tested).
-`layer_centroid_higher` weighs each head by its squared effect, estimated as the product of its mean effects
-on two independent halves (`experiments.head_ablation.centroid`): a head that does nothing has expected
-weight exactly 0, so noise no longer adds mass to every layer (clipping estimated effects at 0 did, and pulled
-every centroid to the middle layer: a model that was only noisier "looked later" 89 % of the time), and a
-noisier model does not lose small heads the way a significance filter lost them.
-
-Per-replicate statistics (a share of heads, a centroid) get a t interval over replicates whose variance is
-floored by each replicate's own sampling variance (a bootstrap over examples, selection redone in every draw).
 
 Properties of the top heads other than their effect (`attention_to`) must hold for whichever heads could be
 the top k: the interval spans the least and the most attentive set among the top k and every head whose
