@@ -1,4 +1,4 @@
-"""The `mechcheck` command: run | validate | ls.
+"""The `mechcheck` command: run | validate | ls | compare | baseline | export.
 
 Exit codes: 0 every claim passed; 1 at least one claim did not pass (failed, inconclusive or skipped) and none
 ended as error; 3 at least one claim ended as error (the harness or the set-up broke: a missing checkpoint,
@@ -18,19 +18,64 @@ from mechcheck.errors import SpecError, SpecErrors
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mechcheck", description="pytest for mechanistic hypotheses")
-    sub = p.add_subparsers(dest="command", required=True)
+EXIT_CODES = """exit codes:
+  0    every claim passed (with --baseline: no check regressed)
+  1    some claim failed, was inconclusive or was skipped (with --baseline: some check regressed)
+  2    invalid input: a claim or fixture file, or an argument (one line per problem, nothing was run)
+  3    some claim ended as error (the harness or the set-up broke: a missing checkpoint, a crash)
+  130  interrupted (the report keeps what was judged; the rest is marked interrupted)"""
 
-    run = sub.add_parser("run", help="validate, then run claims and write a report")
-    run.add_argument("paths", nargs="+", help="claim files or directories of them")
-    run.add_argument("--profile", default="ci", help="profile to run (ci: CPU-sized; paper: the published setting)")
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option that has one; epilogs (exit codes, examples) kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, [], argparse.SUPPRESS) or "default" in text or not action.option_strings \
+                and action.nargs not in ("*", "?"):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        return f"{text} (default: {shown})"
+
+
+def _sub(sub, name: str, help: str, example: str, exit_codes: str = EXIT_CODES) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=_Help,
+                          epilog=f"{exit_codes}\n\nexample:\n  {example}")
+
+
+def _selection(p: argparse.ArgumentParser, override: bool = True) -> None:
+    """Arguments shared by run / validate / ls: which claims, which profile, where fixtures are, overrides."""
+    p.add_argument("paths", nargs="*", default=["claims"], help="claim files or directories of them")
+    p.add_argument("--profile", default="ci", help="profile to apply (ci: CPU-sized; paper: the published setting)")
+    p.add_argument("--fixtures-dir", type=Path, default=None,
+                   help="fixtures directory (default: the nearest fixtures/ above each claim)")
+    p.add_argument("-k", dest="keyword", default=None, metavar="EXPR",
+                   help="only claims whose id, file name or tags match EXPR (substrings with and / or / not, "
+                        "as pytest's -k)")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="only claims with this tag (repeatable)")
+    if override:
+        p.add_argument("--override", action="append", default=[], metavar="FIXTURE=LOCATION",
+                       help="replace model fixture FIXTURE (wherever it appears in a from: chain) by a checkpoint: a "
+                            "local Hugging Face directory, DIR/seed{i} (one per replicate), pkg:PKG/PATH or "
+                            "hub:ORG/NAME (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from mechcheck import __version__
+
+    p = argparse.ArgumentParser(prog="mechcheck", description="pytest for mechanistic hypotheses",
+                                formatter_class=_Help, epilog=f"{EXIT_CODES}\n\nexample:\n  mechcheck run claims/")
+    p.add_argument("--version", action="version", version=f"mechcheck {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = _sub(sub, "run", "validate, then run claims and write a report",
+               "mechcheck run claims/ --override cdm-finetuned=ckpt/seed{i} --baseline reports/baselines/ci.json")
+    _selection(run)
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     run.add_argument("--cache-dir", type=Path, default=None,
                      help="where trained models are cached (default $MECHCHECK_CACHE_DIR or ~/.cache/mechcheck)")
     run.add_argument("--report-dir", type=Path, default=Path("reports"), help="reports go to REPORT_DIR/<run id>/")
-    run.add_argument("--fixtures-dir", type=Path, default=None,
-                     help="fixtures directory (default: the nearest fixtures/ above each claim)")
     run.add_argument("--seeds", type=int, default=None, help="override every claim's number of seeds")
     run.add_argument("--workers", type=int, default=None,
                      help="worker processes for training and measuring (default $MECHCHECK_WORKERS or the number "
@@ -39,33 +84,83 @@ def _parser() -> argparse.ArgumentParser:
                      help="torch threads per worker while measuring (default $MECHCHECK_THREADS or 1: the same "
                           "bits whatever the number of workers)")
     run.add_argument("--train-threads", type=int, default=1,
-                     help="torch threads while training (default 1: trained models are bit-identical across "
-                          "runs; 2 trains about 1.75x faster on 2 cores but not bit-reproducibly)")
+                     help="torch threads while training (1: trained models are bit-identical across runs; 2 trains "
+                          "about 1.75x faster on 2 cores but not bit-reproducibly)")
     run.add_argument("--n-boot", type=int, default=200,
                      help="resamples of the within-replicate bootstraps behind per-replicate statistics")
+    run.add_argument("--baseline", type=Path, default=None, metavar="REPORT",
+                     help="compare every check with this baseline or report.json; the exit code then says whether "
+                          "a check regressed (see `mechcheck compare`)")
+    run.add_argument("--tolerance", type=float, default=None,
+                     help="with --baseline: the largest move against a claim that is not a regression, in the "
+                          "effect's units (default: calibrated from both runs' noise)")
+    run.add_argument("--junit-xml", type=Path, default=None, metavar="PATH",
+                     help="also write JUnit XML (a testsuite per claim, a testcase per check)")
 
-    val = sub.add_parser("validate", help="check claim and fixture files without touching a model")
-    val.add_argument("paths", nargs="+")
-    val.add_argument("--profile", default="ci")
-    val.add_argument("--fixtures-dir", type=Path, default=None)
+    val = _sub(sub, "validate", "check claim and fixture files without touching a model",
+               "mechcheck validate claims/ --profile paper", exit_codes="exit codes:\n  0    valid\n  2    invalid "
+               "input (one line per problem)")
+    _selection(val)
 
-    ls = sub.add_parser("ls", help="list claims, fixtures, experiments, checks, tasks and recipes")
-    ls.add_argument("paths", nargs="*", default=[], help="claim files or directories (default: claims/ if present)")
-    ls.add_argument("--profile", default="ci")
-    ls.add_argument("--fixtures-dir", type=Path, default=None)
+    ls = _sub(sub, "ls", "list claims, fixtures, experiments, checks, tasks and recipes", "mechcheck ls claims/lin2024",
+              exit_codes="exit codes:\n  0    listed\n  2    invalid input")
+    _selection(ls)
+
+    cmp = _sub(sub, "compare", "compare two runs check by check and say which checks regressed",
+               "mechcheck compare reports/baselines/ci.json reports/20261201-120000-ci/report.json",
+               exit_codes="exit codes:\n  0    no check regressed\n  1    some check regressed (its outcome got worse, "
+               "or its effect moved against the claim beyond the tolerance)\n  2    a report cannot be read")
+    cmp.add_argument("old", type=Path, help="the baseline: a baseline file or a report.json (or its run directory)")
+    cmp.add_argument("new", type=Path, help="the new run: a report.json (or its run directory)")
+    cmp.add_argument("--tolerance", type=float, default=None,
+                     help="largest move against a claim that is not a regression, in the effect's units (default: "
+                          "calibrated from both runs' noise)")
+    cmp.add_argument("--out", type=Path, default=None, help="also write comparison.json and comparison.md to this directory")
+
+    base = _sub(sub, "baseline", "stored baselines: `baseline update` writes reports/baselines/<profile>.json",
+                "mechcheck baseline update --profile ci", exit_codes="exit codes:\n  0    written\n  2    no usable run")
+    bsub = base.add_subparsers(dest="action", required=True, metavar="ACTION")
+    upd = bsub.add_parser("update", formatter_class=_Help, help="write the baseline from a finished run",
+                          description="Summarise a finished run into reports/baselines/<profile>.json and regenerate "
+                                      "the README's outcome table from it.")
+    upd.add_argument("--profile", default="ci", help="the profile whose baseline to write")
+    upd.add_argument("--from", dest="source", type=Path, default=None, metavar="REPORT",
+                     help="the run to take (default: the newest finished run of the profile under --report-dir)")
+    upd.add_argument("--report-dir", type=Path, default=Path("reports"), help="where runs are")
+    upd.add_argument("--out", type=Path, default=None, help="baseline file (default reports/baselines/<profile>.json)")
+    upd.add_argument("--readme", type=Path, default=Path("README.md"),
+                     help="README whose outcome table (between the mechcheck:outcomes markers) is regenerated")
+
+    exp = _sub(sub, "export", "write a built model fixture as a Hugging Face directory (safetensors + vocabulary)",
+               "mechcheck export cdm-finetuned out/cdm-finetuned-seed1 --seed 1",
+               exit_codes="exit codes:\n  0    written\n  2    invalid input\n  3    the model could not be built")
+    exp.add_argument("fixture", help="model fixture name (fixtures/models/<name>.yaml)")
+    exp.add_argument("out", type=Path, help="directory to write")
+    exp.add_argument("--seed", type=int, default=0, help="which replicate (a fixed-seed fixture has only one)")
+    exp.add_argument("--profile", default="ci", help="profile to apply to the fixture")
+    exp.add_argument("--fixtures-dir", type=Path, default=None, help="fixtures directory (default: ./fixtures)")
+    exp.add_argument("--cache-dir", type=Path, default=None, help="model cache (default $MECHCHECK_CACHE_DIR or "
+                     "~/.cache/mechcheck)")
+    exp.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
     return p
 
 
-def _load(paths, profile: str, fixtures_dir: Path | None):
+def _load(args):
+    """The selected claims of `args.paths`, validated as a whole suite (with --override applied)."""
+    from mechcheck.select import select_claims
     from mechcheck.spec import load_claims
+    from mechcheck.spec.overrides import parse_overrides
 
+    overrides = parse_overrides(getattr(args, "override", []) or [])
     try:
-        return load_claims([Path(p) for p in paths], profile=profile, fixtures_dir=fixtures_dir)
+        claims = load_claims([Path(p) for p in args.paths], profile=args.profile, fixtures_dir=args.fixtures_dir,
+                             overrides=overrides)
     except SpecErrors as exc:
         for e in exc.errors:
             if e.file is None and e.field_path == "profile":  # it came from --profile
                 e.file = "<command line>"
         raise
+    return select_claims(claims, args.keyword, args.tag)
 
 
 def _print_errors(exc: SpecErrors | SpecError) -> None:
@@ -77,7 +172,7 @@ def _print_errors(exc: SpecErrors | SpecError) -> None:
 
 
 def _cmd_validate(args) -> int:
-    claims = _load(args.paths, args.profile, args.fixtures_dir)
+    claims = _load(args)
     print(f"ok: {len(claims)} claim{'s' if len(claims) != 1 else ''} valid (profile {args.profile})")
     return 0
 
@@ -101,9 +196,11 @@ def _cmd_run(args) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise SpecError(f"--{flag} must be at least 1", file="<command line>")
-    claims = _load(args.paths, args.profile, args.fixtures_dir)  # the whole suite validates before anything runs
+    claims = _load(args)  # the whole suite validates before anything runs
     if not claims:
-        raise SpecError("no claim files found", file=" ".join(args.paths))
+        raise SpecError("no claims found" + (" that match the selection" if args.keyword or args.tag else ""),
+                        file=" ".join(args.paths))
+    baseline = _read_report(args.baseline) if args.baseline else None
     console = Console(stderr=True)
     options = RunOptions(profile=args.profile, device=args.device, cache_dir=args.cache_dir,
                          threads=args.threads or default_threads(), train_threads=args.train_threads,
@@ -150,10 +247,111 @@ def _cmd_run(args) -> int:
         runner.close()
     report.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     paths = write_report(report, out_dir)
+    if args.junit_xml:
+        from mechcheck.report.junit import write_junit
+
+        write_junit(report, args.junit_xml)
     # Wide enough for every column when stdout is a file or a CI log (rich would assume 80).
     out = Console() if sys.stdout.isatty() else Console(width=180)
     print_summary(report, out, report_path=paths.get("markdown"))
-    return exit_code(report)
+    if baseline is None:
+        return exit_code(report)
+    comparison = _compare(baseline, report, args.tolerance, out, out_dir)
+    with open(paths["markdown"], "a") as f:  # the diff table in report.md too
+        from mechcheck.report.diff import comparison_markdown
+
+        f.write("\n" + comparison_markdown(comparison))
+    if any(c.outcome == "error" for c in report.claims):
+        return 3
+    return 1 if comparison.regressed else 0
+
+
+def _read_report(path: Path):
+    """A report or baseline file (or a run directory holding report.json); unreadable: exit 2."""
+    from mechcheck.results import RunReport
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        return RunReport.read_json(path)
+    except FileNotFoundError:
+        raise SpecError("no such report", file=str(path)) from None
+    except (ValueError, TypeError, KeyError) as exc:  # bad JSON, another schema version, missing fields
+        raise SpecError(f"not a mechcheck report: {exc}", file=str(path)) from None
+
+
+def _compare(old, new, tolerance, console, out_dir: Path | None):
+    from mechcheck.compare import compare_reports
+    from mechcheck.report.diff import print_comparison, write_comparison
+
+    try:
+        comparison = compare_reports(old, new, tolerance)
+    except ValueError as exc:
+        raise SpecError(str(exc), file="<command line>", field_path="--tolerance") from exc
+    print_comparison(comparison, console)
+    if out_dir is not None:
+        write_comparison(comparison, out_dir)
+    return comparison
+
+
+def _cmd_compare(args) -> int:
+    from rich.console import Console
+
+    old, new = _read_report(args.old), _read_report(args.new)
+    out = Console() if sys.stdout.isatty() else Console(width=180)
+    comparison = _compare(old, new, args.tolerance, out, args.out)
+    return 1 if comparison.regressed else 0
+
+
+def _cmd_baseline(args) -> int:
+    from mechcheck.baseline import DEFAULT_DIR, latest_report, update_readme, write_baseline
+
+    try:
+        source = args.source or latest_report(args.report_dir, args.profile)
+    except FileNotFoundError as exc:
+        raise SpecError(str(exc), file=str(args.report_dir)) from None
+    report = _read_report(source)
+    if report.profile != args.profile:
+        raise SpecError(f"run {report.run_id} is of profile {report.profile!r}, not {args.profile!r}", file=str(source))
+    out = args.out or DEFAULT_DIR / f"{args.profile}.json"
+    try:
+        base = write_baseline(report, out)
+    except ValueError as exc:
+        raise SpecError(str(exc), file=str(source)) from None
+    print(f"baseline {out}: {len(base.claims)} claims from run {report.run_id} ({out.stat().st_size / 1024:.0f} KB)")
+    if args.readme.is_file() and update_readme(args.readme, base):
+        print(f"{args.readme}: outcome table regenerated")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from rich.console import Console
+
+    from mechcheck.cache import ModelCache
+    from mechcheck.export import export_fixture
+    from mechcheck.models import choose_device, pin_mkl_threads
+    from mechcheck.recipes import BuildContext
+    from mechcheck.spec import load_model_fixture
+
+    fixtures = args.fixtures_dir or Path("fixtures")
+    if not fixtures.is_dir():
+        raise SpecError("no fixtures/ directory here (name one with --fixtures-dir DIR)", file=str(fixtures))
+    spec = load_model_fixture(args.fixture, fixtures, args.profile)
+    if args.seed < 0:
+        raise SpecError("--seed must be at least 0", file="<command line>")
+    pin_mkl_threads()
+    ctx = BuildContext(ModelCache(args.cache_dir), choose_device("cpu"), Console(stderr=True), 1)
+    try:
+        meta = export_fixture(spec, args.out, args.seed, ctx, force=args.force)
+    except (FileExistsError, ValueError) as exc:
+        raise SpecError(str(exc), file="<command line>") from None
+    except Exception as exc:  # noqa: BLE001 - building failed: say why in one line
+        print(f"error: could not build {args.fixture}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    print(f"exported {args.fixture} replicate {meta['replicate']} to {args.out} (weights sha256 "
+          f"{(meta['weights_sha256'] or '?')[:12]}…; vocabulary: {meta['vocabulary'] or 'none'})")
+    return 0
 
 
 def _cmd_ls(args) -> int:
@@ -164,9 +362,10 @@ def _cmd_ls(args) -> int:
     from mechcheck.spec import find_fixtures_dir, list_fixtures
 
     console = Console() if sys.stdout.isatty() else Console(width=180)  # as in run: no "…" in logs
-    paths = args.paths or (["claims"] if Path("claims").is_dir() else [])
+    paths = [p for p in args.paths if p != "claims" or Path("claims").is_dir()]  # the default only if present
     if paths:
-        claims = _load(paths, args.profile, args.fixtures_dir)
+        args.paths = paths
+        claims = _load(args)
         t = Table(title=f"claims (profile {args.profile})")
         for col in ("id", "models", "experiment", "checks", "seeds", "file"):
             t.add_column(col)
@@ -202,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mechcheck` console script."""
     args = _parser().parse_args(argv)
     try:
-        return {"run": _cmd_run, "validate": _cmd_validate, "ls": _cmd_ls}[args.command](args)
+        return {"run": _cmd_run, "validate": _cmd_validate, "ls": _cmd_ls, "compare": _cmd_compare,
+                "baseline": _cmd_baseline, "export": _cmd_export}[args.command](args)
     except (SpecErrors, SpecError) as exc:
         _print_errors(exc)
         return 2

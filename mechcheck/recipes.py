@@ -28,7 +28,7 @@ from mechcheck.registry import RECIPES, TASKS
 from mechcheck.tasks import Task
 
 __all__ = ["BuildContext", "Built", "build_model", "make_task", "is_trained", "replicates", "model_ref", "parents",
-           "model_config", "task_payload"]
+           "model_config", "task_payload", "is_fixed", "load_facts"]
 
 
 @dataclass
@@ -45,8 +45,8 @@ class BuildContext:
     #: fixture key -> Built, so a fixture shared by several claims (or a parent shared by several
     #: children) is built or loaded once per run
     memo: dict[str, Built] = field(default_factory=dict)
-    #: checkpoint directory -> (mtime, fingerprint): a loaded checkpoint is hashed once per run
-    fingerprints: dict[str, tuple[float, str]] = field(default_factory=dict)
+    #: checkpoint directory -> (mtime, fingerprint, file hashes): a loaded checkpoint is hashed once per run
+    fingerprints: dict[str, tuple[float, str, dict[str, str]]] = field(default_factory=dict)
     #: training progress callback (step, steps, fields), e.g. forwarded from a worker process
     on_progress: Any = None
 
@@ -104,8 +104,30 @@ def is_trained(spec) -> bool:
 
 
 def replicates(spec, seeds: int) -> int:
-    """How many distinct replicates `seeds` seeds give of `spec`: one for a loaded or fixed-seed fixture."""
+    """How many distinct replicates `seeds` seeds give of `spec`: one for a loaded or fixed-seed fixture,
+    `seeds` for a trained one and for a per-replicate checkpoint pattern (`--override NAME=dir/seed{i}`)."""
+    if _is_pattern(spec):
+        return seeds
     return seeds if is_trained(spec) and getattr(spec, "seed", None) is None else 1
+
+
+def is_fixed(spec) -> bool:
+    """Whether `spec` is one model whatever the seed (a checkpoint or a fixed-seed training): then a claim
+    about it is about that checkpoint, not about a recipe."""
+    return replicates(spec, 2) == 1
+
+
+def _is_pattern(spec) -> bool:
+    from mechcheck.spec.overrides import is_pattern
+
+    return is_pattern(spec)
+
+
+def _load_path(spec, seed: int) -> str:
+    """A `load` fixture's path for replicate `seed` (a per-replicate pattern filled in)."""
+    from mechcheck.spec.overrides import fill_pattern
+
+    return fill_pattern(spec.path, seed)
 
 
 def build_model(spec, seed: int, ctx: BuildContext) -> Built:
@@ -147,7 +169,7 @@ def model_config(ref, ctx: BuildContext) -> dict[str, Any]:
     if hit is not None:
         return json.loads((hit[0] / "config.json").read_text())
     if spec.recipe == "load":
-        return _load_config(spec)
+        return _load_config(spec, ref.seed)
     if spec.parent is not None:
         return model_config(parents(ref, ctx)[0], ctx)
     arch = dict(spec.architecture or {})
@@ -156,11 +178,11 @@ def model_config(ref, ctx: BuildContext) -> dict[str, Any]:
             "vocab_size": arch.get("vocab_size") or task.vocab_size}
 
 
-def _load_config(spec) -> dict[str, Any]:
+def _load_config(spec, seed: int = 0) -> dict[str, Any]:
     from mechcheck.models import check_checkpoint_dir, resolve_local_or_hub
 
     if spec.path:
-        path = _local_path(spec.path)
+        path = _local_path(_load_path(spec, seed))
         check_checkpoint_dir(path)
         return json.loads((path / "config.json").read_text())
     where, local = resolve_local_or_hub(spec.hub)
@@ -344,15 +366,34 @@ def build_finetune(spec, seed: int, ctx: BuildContext) -> Built:
     return built
 
 
-def _fingerprint(path: Path) -> str:
-    """SHA-256 over a checkpoint directory's config and safetensors files (name + content)."""
-    h = hashlib.sha256()
+def _fingerprint(path: Path) -> tuple[str, dict[str, str]]:
+    """SHA-256 over a checkpoint directory's config and safetensors files (name + content), and each file's own
+    SHA-256 (a trained model's report gives its model.safetensors hash; a loaded one's is then comparable)."""
+    h, files = hashlib.sha256(), {}
     for p in sorted([path / "config.json", *path.glob("*.safetensors")]):
         h.update(p.name.encode())
+        one = hashlib.sha256()
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()
+                one.update(chunk)
+        files[p.name] = one.hexdigest()
+    return h.hexdigest(), files
+
+
+def load_facts(spec, seed: int, ctx: BuildContext) -> dict[str, Any]:
+    """Where replicate `seed` of a `load` fixture comes from, and its weights' hashes (local checkpoints)."""
+    facts: dict[str, Any] = {"source": _load_path(spec, seed) if spec.path else f"hub:{spec.hub}"}
+    if spec.revision:
+        facts["revision"] = spec.revision
+    if spec.replaces:
+        facts["replaces"] = spec.replaces
+    if spec.path:
+        _load_payload(spec, seed, ctx)  # fingerprints the directory once per run
+        _, fingerprint, files = ctx.fingerprints[str(_local_path(_load_path(spec, seed)))]
+        facts["fingerprint"] = fingerprint
+        facts["weights_sha256"] = files.get("model.safetensors") or fingerprint
+    return facts
 
 
 def _local_path(path: str) -> Path:
@@ -373,15 +414,16 @@ def _load_payload(spec, seed: int, ctx: BuildContext) -> dict[str, Any]:
 
     if not spec.path:
         return {"recipe": "load", "hub": spec.hub, "revision": spec.revision}
-    path = _local_path(spec.path)
+    written = _load_path(spec, seed)
+    path = _local_path(written)
     check_checkpoint_dir(path)
     stamp = max(p.stat().st_mtime for p in [path / "config.json", *path.glob("*.safetensors")])
     known = ctx.fingerprints.get(str(path))
     if known is None or known[0] != stamp:
-        known = (stamp, _fingerprint(path))
+        known = (stamp, *_fingerprint(path))
         ctx.fingerprints[str(path)] = known
     # spec.path as written for a package path (pkg:...): the key must not depend on where it is installed
-    return {"recipe": "load", "path": spec.path if is_pkg_path(spec.path) else str(path), "fingerprint": known[1]}
+    return {"recipe": "load", "path": written if is_pkg_path(written) else str(path), "fingerprint": known[1]}
 
 
 @RECIPES.register("load", doc="load a local Hugging Face directory (safetensors only) or a hub id",
@@ -392,13 +434,11 @@ def build_load(spec, seed: int, ctx: BuildContext) -> Built:
     key = cache_key(_load_payload(spec, seed, ctx))
     if key not in ctx.memo:
         if spec.path:
-            where, local = str(_local_path(spec.path)), True
+            where, local = str(_local_path(_load_path(spec, seed))), True
         else:
             where, local = resolve_local_or_hub(spec.hub)
         model = load_checkpoint(where, local=local, revision=spec.revision)
         task = make_task(spec.task) if spec.task else None
-        info = {"source": spec.path or spec.hub}
-        if spec.path:
-            info["fingerprint"] = _load_payload(spec, seed, ctx)["fingerprint"]
+        info = load_facts(spec, seed, ctx)
         ctx.memo[key] = Built(model, key, "load", False, info, task, (where, local, spec.revision))
     return ctx.memo[key]

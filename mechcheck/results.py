@@ -149,6 +149,8 @@ class ClaimResult:
     traceback: str | None = None
     #: the claim as it ran: the validated spec with the profile applied and every default filled in
     spec: dict[str, Any] = field(default_factory=dict)
+    #: what a reader must know to read the verdicts (e.g. a checkpoint overridden in place of a recipe)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +171,8 @@ class RunReport:
     workers: int = 1
     cache_dir: str = ""
     claims: list[ClaimResult] = field(default_factory=list)
+    #: set in a stored baseline (`mechcheck.baseline`): the run id it summarises
+    baseline_of: str | None = None
 
     @property
     def counts(self) -> dict[str, int]:

@@ -202,7 +202,7 @@ class Runner:
         from mechcheck.interventions.sites import shape_of_config
         from mechcheck.measurements import data_ref
         from mechcheck.models import CheckpointError
-        from mechcheck.recipes import is_trained, make_task, model_config, model_ref, replicates
+        from mechcheck.recipes import is_fixed, make_task, model_config, model_ref, replicates
         from mechcheck.registry import EXPERIMENTS
         from mechcheck.spec import shape_errors
 
@@ -225,8 +225,13 @@ class Runner:
                 raise SpecError(f"the eval task '{claim.data.task.name}' uses {task.vocab_size} token ids but model "
                                 f"'{role}' has a vocabulary of {vocab}: they were not built for the same task",
                                 file=claim.file, field_path="data.task")
-            fixed = not is_trained(spec) or getattr(spec, "seed", None) is not None
+            fixed = is_fixed(spec)
             roles[role] = {"refs": refs, "scope": "checkpoint" if fixed else "recipe", "spec": spec}
+            if spec.replaces and fixed and seeds > 1:
+                p.result.notes.append(
+                    f"model '{role}' is one checkpoint ({spec.description.removeprefix('--override of ')}) in "
+                    f"place of a {spec.replaces}: its intervals no longer cover seed-to-seed variation; give "
+                    "one checkpoint per replicate (a {i} pattern) to keep the claim about the recipe")
         errors = shape_errors(claim, shapes)
         if errors:
             raise errors[0]
@@ -343,6 +348,8 @@ class Runner:
             _, entry = hit
             facts.update({k: v for k, v in entry.get("info", {}).items() if k != "history"})
             facts["weights_sha256"] = entry["files"].get("model.safetensors")
+        elif ref.spec.recipe == "load":
+            facts.update(self._load_facts(ref.spec, ref.seed))
         if hit is not None or ref.spec.recipe == "load":  # else a later claim of this run may still build it
             self._facts[ref.key] = facts
         return dict(facts)
@@ -360,9 +367,18 @@ class Runner:
                 if spec.parent is not None:
                     run.info["parent" if spec.recipe == "finetune" else "config_from"] = spec.parent.name
             elif run.recipe == "load":
-                run.info = {"source": spec.path or spec.hub}
+                run.info = self._load_facts(spec, run.seed)
             else:
                 run.info = {"note": "not in the model cache: the measurements came from the measurement store"}
+
+
+    def _load_facts(self, spec, seed: int) -> dict[str, Any]:
+        from mechcheck.recipes import load_facts
+
+        try:
+            return load_facts(spec, seed, self.build)
+        except Exception as exc:  # noqa: BLE001 - a checkpoint that vanished: say so, the claim says why
+            return {"source": spec.path or f"hub:{spec.hub}", "note": f"not readable: {exc}"}
 
 
 def _fail(result: ClaimResult, exc: BaseException, phase: str) -> None:

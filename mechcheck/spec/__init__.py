@@ -61,6 +61,8 @@ class ModelSpec:
     #: a fixed training seed: one replicate shared by every seed of a claim (like a published checkpoint
     #: that several fine-tuning seeds start from); None = replicate i is trained with seed i
     seed: int | None = None
+    #: set when `--override` put this `load` fixture in place of another: what it replaced (recipe and file)
+    replaces: str | None = None
 
 
 @dataclass(frozen=True)

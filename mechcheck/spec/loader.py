@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ class _Loader:
             return f.err(line, path, f"expected a {what} fixture name or an inline {what} mapping, got {_show(v)}")
         if fx is None:
             return f.err(line, path, f"{what} fixture '{v}' is named, but there is no fixtures/ directory above "
-                         f"{f.file}")
+                         f"{f.file} (name one with --fixtures-dir DIR)")
         fp = next((q for q in (fx / kind / (v + ".yaml"), fx / kind / (v + ".yml")) if q.is_file()), None)
         if fp is None:
             known = list_fixtures(fx)[kind]
@@ -363,21 +363,27 @@ def _raise_if(errors: list[SpecError]) -> None:
         raise SpecErrors(list({str(e): e for e in errors}.values()))
 
 
-def load_claims(paths: Sequence[str | Path], profile: str = "ci", fixtures_dir: Path | None = None) -> list[ClaimSpec]:
+def load_claims(paths: Sequence[str | Path], profile: str = "ci", fixtures_dir: Path | None = None,
+                overrides: Mapping[str, str] | None = None) -> list[ClaimSpec]:
     """Load and validate the claims under `paths` and the fixtures they use, with `profile` applied.
 
     Raises one `SpecErrors` with every error of every file. `fixtures_dir` None: the nearest `fixtures/`
     directory above each claim file. A `profile` that none of the files read defines (the claim files and the
     fixture files they use; `ci` always exists) is an error too (field path `profile`, no file).
+    `overrides` ({fixture name: location}, as `parse_overrides` gives): those model fixtures are replaced by
+    checkpoints wherever they appear (`mechcheck.spec.overrides`); a name no fixture has is an error.
     """
     check_profile_name(profile)
-    ld, claims, first = _Loader(profile), [], {}
+    ld, claims, first, known = _Loader(profile), [], {}, set()
     for path in discover(paths):
         doc = ld.doc(path)
         if doc is None:
             continue
         f = _F(ld.errors, str(path))
-        spec = ld.claim(doc, f, Path(fixtures_dir) if fixtures_dir is not None else find_fixtures_dir(path))
+        fx = Path(fixtures_dir) if fixtures_dir is not None else find_fixtures_dir(path)
+        if fx is not None:
+            known.update(list_fixtures(fx)["models"])
+        spec = ld.claim(doc, f, fx)
         cid = doc.get("id")  # the raw id, so a duplicate is reported even when the claim has other errors
         if isinstance(cid, str) and cid in first:
             f.err(doc.val_line("id"), "id", f"duplicate claim id '{cid}' (also in {first[cid]})")
@@ -387,6 +393,10 @@ def load_claims(paths: Sequence[str | Path], profile: str = "ci", fixtures_dir: 
             claims.append(spec)
     missing = unknown_profile(profile, ld.defined)
     _raise_if(([missing] if missing else []) + ld.errors)
+    if overrides:
+        from mechcheck.spec.overrides import apply_overrides
+
+        claims = apply_overrides(claims, overrides, known)
     return claims
 
 
