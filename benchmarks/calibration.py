@@ -125,19 +125,20 @@ def normal_crossed(rng, R: int, n: int, mu: float, seed_sd: float, example_sd: f
 
 def head_effects(rng, R: int, n: int, mean: np.ndarray, seed_sd: float, example_sd: float, scope: str,
                  metric: str = "accuracy", flip: float = 0.02, resid_sd: float = 1.0,
-                 silent: np.ndarray | None = None) -> np.ndarray:
+                 silent: np.ndarray | None = None, example: np.ndarray | None = None) -> np.ndarray:
     """(R, n, L, H) per-example ablation effects (clean minus ablated) with true means `mean` (L, H).
 
     accuracy: -1/0/+1 with P(+1) = flip + max(m, 0), P(-1) = flip + max(-m, 0), m = mean + a + b, so the mean
     is m exactly (a flip in both directions at rate `flip` is the noise of a head that does nothing).
     logit_diff: m + normal noise of sd `resid_sd`. Seed variation only for heads whose mean is not 0 (a head
     that does nothing does nothing in every model). `silent` heads are exactly 0 on every example (ties).
+    `example`: the (n, L, H) per-example terms b, when the caller correlates them across heads.
     """
     L, H = mean.shape
     active = mean != 0
     a = _seed_shift(rng, R, scope, seed_sd, (L, H)) * active
     quiet = np.zeros((L, H), dtype=bool) if silent is None else silent
-    b = _uniform(rng, example_sd, (n, L, H)) * ~quiet
+    b = (_uniform(rng, example_sd, (n, L, H)) if example is None else example) * ~quiet
     m = mean[None, None] + a[:, None] + b[None]
     if metric == "logit_diff":
         out = m + rng.normal(0.0, resid_sd, (R, n, L, H))
@@ -331,6 +332,62 @@ def _effect_rows() -> list[Row]:
                                 build(R, scope, "seed>ex", heads, mean, bound, metric, name="effect_at_most"),
                                 scope, t, bound,
                                 note="above: the true effect is 0, below the bound (the claim holds)"))
+    return rows
+
+
+def _higher_rows() -> list[Row]:
+    """effect_higher: two head sets of one model. Each head's per-example term is 0.8 of a term shared by every
+    head plus 0.6 of its own (the same examples are hard for both sets, as in a real model), and every
+    replicate is evaluated on the same examples: the pairing the check relies on."""
+    rows = []
+    L, H = 4, 4
+
+    def build(R, scope, regime, heads, than, planted, by, metric):
+        seed_sd, ex_sd = REGIMES[regime]
+        if metric == "logit_diff":  # logit units: larger effects, larger noise
+            seed_sd, ex_sd = 5 * seed_sd, 5 * ex_sd
+        mean = np.zeros((L, H))
+        for (layer, head), v in planted.items():
+            mean[layer, head] = v
+
+        def make(rng, sim):
+            b = 0.8 * _uniform(rng, ex_sd, N)[:, None, None] + 0.6 * _uniform(rng, ex_sd, (N, L, H))
+            eff = head_effects(rng, R, N, mean, seed_sd, ex_sd, scope, metric, example=b)
+            reps = [{f"sweep/head/{metric}": eff[i], f"sweep/layer/{metric}": eff[i].sum(2),
+                     "clean/accuracy": (rng.random(N) < 0.9).astype(np.float64)} for i in range(R)]
+            return (_ablation_meas({"m": _role(reps, scope, L, H)}, sim, metric),
+                    {"model": "m", "heads": heads, "than": than, "by": by, "metric": None})
+        return make
+
+    def spread(heads, total):
+        return {tuple(h): total / len(heads) for h in heads}
+
+    # (label, heads, than, metric, regimes, {planted: (effect of heads, effect of than, by)})
+    a1, b1, a2, b2 = [[3, 0]], [[0, 0]], [[3, 0], [3, 1]], [[0, 0], [0, 1]]
+    cases = [
+        ("named 1 vs 1 head", a1, b1, "accuracy", tuple(REGIMES),
+         {"at_threshold": (0.2, 0.1, 0.1), "null": (0.15, 0.15, 0.0), "above": (0.3, 0.1, 0.1)}),
+        ("named 2 vs 2 heads, logit_diff", a2, b2, "logit_diff", ("seed>ex",),
+         {"at_threshold": (1.5, 1.0, 0.5), "null": (1.0, 1.0, 0.0), "above": (2.5, 1.0, 0.5)}),
+        # the top head (3, 0) is the only other head that matters
+        ("top_head vs named head, 16 heads", "top_head", b1, "accuracy", ("seed>ex",),
+         {"at_threshold": (0.2, 0.1, 0.1), "null": (0.15, 0.15, 0.0), "above": (0.3, 0.1, 0.1)}),
+        # a set of two weaker heads against the top head, whose choice is the than side's
+        ("named 2 heads vs top_head, 16 heads", [[1, 2], [2, 2]], "top_head", "accuracy", ("seed>ex",),
+         {"at_threshold": (0.3, 0.2, 0.1), "null": (0.3, 0.3, 0.0), "above": (0.5, 0.2, 0.1)}),
+    ]
+    for label, heads, than, metric, regimes, planted in cases:
+        for regime in regimes:
+            name = f"{label}, {regime}" if len(regimes) > 1 else label
+            for R, scope in ((1, "checkpoint"), (3, "recipe"), (5, "recipe")):
+                for kind, (ea, eb, by) in planted.items():
+                    where = spread(heads, ea) if not isinstance(heads, str) else {(3, 0): ea}
+                    if isinstance(than, str):  # the than side's top head
+                        where |= {(3, 0): eb}
+                    else:
+                        where |= spread(than, eb)
+                    rows.append(Row("effect_higher", name, R, kind,
+                                    build(R, scope, regime, heads, than, where, by, metric), scope, ea - eb, by))
     return rows
 
 
@@ -657,7 +714,7 @@ def _efficiency_rows() -> list[Row]:
 
 
 def all_rows() -> list[Row]:
-    rows = (_accuracy_rows() + _effect_rows() + _attention_rows() + _top_heads_rows() + _centroid_rows()
+    rows = (_accuracy_rows() + _effect_rows() + _higher_rows() + _attention_rows() + _top_heads_rows() + _centroid_rows()
             + _decoding_rows() + _geometry_rows() + _efficiency_rows())
     missing = set(CHECKS.names()) - {r.check for r in rows}
     if missing:
@@ -676,6 +733,10 @@ QUICK = (
     ("effect_at_least", "top_3, 144 heads", 1, "checkpoint", "at_threshold"),
     ("effect_at_least", "top_head, 16 heads", 1, "checkpoint", "null"),
     ("effect_at_most", "top_3, 16 heads", 1, "checkpoint", "at_threshold"),
+    ("effect_higher", "named 1 vs 1 head, seed>ex", 3, "recipe", "at_threshold"),
+    ("effect_higher", "named 1 vs 1 head, ex>seed", 1, "checkpoint", "null"),
+    ("effect_higher", "top_head vs named head, 16 heads", 3, "recipe", "at_threshold"),
+    ("effect_higher", "named 2 vs 2 heads, logit_diff", 5, "recipe", "above"),
     ("accuracy_at_least", "ceiling 0.98", 1, "checkpoint", "at_threshold"),
     ("top_heads_in_layers", "share exactly 0.5, 16 heads", 1, "checkpoint", "at_threshold"),
     ("silhouette_higher", "ex>seed, 3 recipe vs 3 recipe", 3, "recipe", "null"),

@@ -94,6 +94,16 @@ CASES = [
            "effect_at_least:\n      model: scratch\n      heads:\n        - [0, 1]\n        - [4, 0]\n"
            "      value: 0.1"),
      FIRST + 5, "expect[1].effect_at_least.heads[1]", ["head [4, 0] does not exist in model 'scratch'"]),
+    ("effect-higher-head-beyond-model",  # both head sets are checked against the model
+     claim("head_ablation: {}", "effect_higher: {model: scratch, heads: [[4, 0]], than: [[0, 1]]}"),
+     FIRST, "expect[0].effect_higher.heads[0]", [f"head [4, 0] does not exist in model 'scratch' {HEAD_RANGE}"]),
+    ("effect-higher-selector-beyond-model",
+     claim("head_ablation: {}", "effect_higher: {model: ft, heads: [[0, 0]], than: top_17}"),
+     FIRST, "expect[0].effect_higher.than", ["'top_17' selects 17 heads, more than the 16 of model 'ft'"]),
+    ("effect-higher-reads-head-ablation",
+     claim("evaluate: {}", "effect_higher: {model: scratch, heads: [[0, 0]], than: [[0, 1]]}"),
+     FIRST, "expect[0].effect_higher", ["check 'effect_higher' cannot judge experiment 'evaluate'",
+                                        "it reads the measurements of head_ablation"]),
     ("layer-beyond-model",
      claim("head_ablation: {}", "top_heads_in_layers:\n      model: scratch\n      top: 2\n      layers:\n"
                                 "        - 0\n        - 4"),

@@ -23,8 +23,14 @@ the top k: the interval spans the least and the most attentive set among the top
 effect is not significantly below the k-th (Bonferroni over heads). Measuring only the heads the noise
 happened to pick passed 26-68 % of the time at the threshold when the true top head was weak.
 
+Comparisons within one model (`effect_higher`): the per-example difference of two sets' effects, measured on
+the same examples of the same replicate, so what makes an example or a seed hard for both cancels. A rank
+selector on either side gets the same hull (a wrong pick on the `than` side overstates the difference when
+measured on one half and understates it when measured everywhere, the mirror of the `heads` side).
+
 Controls: random heads of the same count (for one head, the mean over all other heads; for k heads,
-`n_control` random sets ablated jointly), chance for shares, uniform attention for attention.
+`n_control` random sets ablated jointly), chance for shares, uniform attention for attention; a comparison
+reports the effect of its `than` set.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from mechcheck.experiments.head_ablation import SIGNIFICANCE
 from mechcheck.registry import CHECKS, Param
 from mechcheck.results import CheckResult, Estimate
 
-__all__ = ["effect_at_least", "effect_at_most", "attention_to"]
+__all__ = ["effect_at_least", "effect_at_most", "effect_higher", "attention_to"]
 
 Heads = tuple[tuple[int, int], ...]
 _TOP = re.compile(r"^top_(head|\d+)$")
@@ -229,6 +235,82 @@ def effect_at_least(ctx: CheckContext, model: str, heads: Any, value: float, met
 def effect_at_most(ctx: CheckContext, model: str, heads: Any, value: float, metric: str | None = None) -> CheckResult:
     """Ablating `heads` together lowers the metric by less than `value` (the heads do not matter)."""
     return _effect_check(ctx, "effect_at_most", model, heads, value, metric, "<=")
+
+
+def _pair_requests(ctx: CheckContext, model: str, heads: Any, than: Any, by: float = 0.0,
+                   metric: str | None = None) -> list:
+    """Joint ablations of both sets of more than one head (no random controls: `than` is the comparison), for a
+    rank selector also of the set chosen on every example."""
+    metric = metric_of(ctx, metric)
+    reqs, seen = [], set()
+    for side in (heads, than):
+        if _k(side) == 1:
+            continue
+        ways = (False, True) if isinstance(side, str) else (False,)
+        for everywhere in ways:
+            for r, (hs, _rows) in enumerate(_selection(ctx, model, side, metric, everywhere)):
+                if (r, hs) not in seen:
+                    seen.add((r, hs))
+                    reqs.append(ctx.request(model, r, _set_name(hs), "ablation_set", sets=[list(map(list, hs))]))
+    return reqs
+
+
+def _paired(ctx: CheckContext, model: str, heads: Any, than: Any, metric: str, everywhere: bool = False):
+    """(selection of heads, selection of than, their per-example effects per replicate), both sides measured on
+    the same rows: the half a rank selector did not choose on, when either side is one."""
+    sa = _selection(ctx, model, heads, metric, everywhere)
+    sb = _selection(ctx, model, than, metric, everywhere)
+    rows = [ra if ra.size <= rb.size else rb for (_, ra), (_, rb) in zip(sa, sb)]
+    sa = [(hs, r) for (hs, _), r in zip(sa, rows)]
+    sb = [(hs, r) for (hs, _), r in zip(sb, rows)]
+    return (sa, sb, _effect_values(ctx, model, metric, sa, control=False)[0],
+            _effect_values(ctx, model, metric, sb, control=False)[0])
+
+
+@CHECKS.register("effect_higher", params=(
+    MODEL,
+    Param("heads", "heads", required=True,
+          doc="[[layer, head], ...], 'top_head' or 'top_<k>': the set that should matter more (ablated jointly)"),
+    Param("than", "heads", required=True, doc="the set it is compared with, in the same model (ablated jointly)"),
+    Param("by", "float", default=0.0, doc="smallest difference of the two effects"),
+    _METRIC,
+), experiments=("head_ablation",), requests=_pair_requests)
+def effect_higher(ctx: CheckContext, model: str, heads: Any, than: Any, by: float = 0.0,
+                  metric: str | None = None) -> CheckResult:
+    """Ablating `heads` together lowers the metric by more than ablating `than` together, by more than `by`.
+
+    The statistic is the per-example difference effect(heads) - effect(than), paired over examples and
+    replicates, with the interval of `effect_at_least` applied to it."""
+    if not isinstance(heads, str) and not isinstance(than, str) and \
+            {tuple(h) for h in heads} == {tuple(h) for h in than}:
+        raise ctx.error("heads and than name the same heads: their difference is 0 by construction")
+    metric = metric_of(ctx, metric)
+    data = ctx.role(model)
+    sa, sb, va, vb = _paired(ctx, model, heads, than, metric)
+    est = stats.mean_estimate([a - b for a, b in zip(va, vb)], data.scope, ctx.level)
+    details: dict[str, Any] = {"selected_heads": _selected(sa), "than_heads": _selected(sb), "metric": metric}
+    how = ""
+    if isinstance(heads, str) or isinstance(than, str):
+        sa_all, sb_all, va_all, vb_all = _paired(ctx, model, heads, than, metric, everywhere=True)
+        est_all = stats.mean_estimate([a - b for a, b in zip(va_all, vb_all)], data.scope, ctx.level)
+        details["one_half"] = {"estimate": est.estimate, "lo": est.lo, "hi": est.hi}
+        details["everywhere"] = {"estimate": est_all.estimate, "lo": est_all.lo, "hi": est_all.hi,
+                                 "selected_heads": _selected(sa_all), "than_heads": _selected(sb_all)}
+        est = _hull(est, est_all)
+        how = (f" (top heads chosen on one half of the examples, both sets measured on the other; the interval "
+               f"also spans the same chosen and measured on every example: {est_all})")
+    if metric == "accuracy":  # a difference of two changes of accuracy lies in [-2, 2]
+        est = stats.bounded(est, -2.0, 2.0)
+    outcome = stats.judge(est, by, ">=")
+    own = stats.mean_estimate(va, data.scope, ctx.level)
+    other = stats.mean_estimate(vb, data.scope, ctx.level)
+    details["effects"] = {"heads": own.estimate, "than": other.estimate}
+    msg = (f"{metric} drop when ablating {_heads_text(heads)} minus when ablating {_heads_text(than)} in "
+           f"'{model}' = {est} (needs > {by}; the drops: {own.estimate:.3f} vs {other.estimate:.3f}){how}"
+           f"{scope_note(est)}")
+    return CheckResult("effect_higher", {}, outcome, msg, est, by, ">=",
+                       {"label": f"effect of {_heads_text(than)}", "estimate": other.estimate, "lo": other.lo,
+                        "hi": other.hi}, details)
 
 
 @CHECKS.register("attention_to", params=(

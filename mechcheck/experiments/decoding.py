@@ -1,7 +1,7 @@
 """Representation experiments (Lin 2024): linear decoding, per-unit mixed selectivity, embedding geometry.
 
 `linear_decoding` reads activations at each example's answer position and asks what a linear read-out can
-recover from them (the Lin notes in docs/methods.md):
+recover from them (the Lin notes in docs/methods/lin2024.md):
 
   sites     resid_final  ``blocks.{l}.hook_resid_post``: the residual stream after block l; with
                          ``layers: last`` the last layer's hidden state, which Lin decodes (before the final
@@ -22,7 +22,7 @@ recover from them (the Lin notes in docs/methods.md):
             accuracy to beat every shuffle.
   chance    the share of the majority class (what predicting a constant achieves).
 
-Mixed selectivity (ours: the paper's definition is unknown, docs/methods.md). At the final hidden state, for
+Mixed selectivity (ours: the paper's definition is unknown, docs/methods/README.md). At the final hidden state, for
 every unit (dimension) u and every binary variable v of `selectivity` (default context, motion_sign,
 color_sign: the CDM variables that are independent by construction; `choice` is left out by default because
 it is a function of them, so a unit carrying only the motion sign would also look "selective" for choice):

@@ -8,7 +8,7 @@ it is cached under its own key as soon as it is trained (a run killed midway kee
 and a fine-tune variant starts from the same parent replicate as the role's own fixture. Each variant's
 per-example accuracy on the claim's eval batch gives one point of the accuracy-vs-N curve.
 
-Definitions (docs/methods.md, Lin):
+Definitions (docs/methods/README.md):
 
   N@target  the smallest N at which the replicate's accuracy reaches `target`, interpolated linearly in
             log2 N between the last grid point below the target and the first one at or above it (the

@@ -3,7 +3,7 @@
 Each trial shows a context cue (motion or color) and, for each of the two modalities, one number of
 evidence for *left* and one for *right*. The answer is the side whose number is larger **in the cued
 modality**; the other modality is a distractor. Two numbers per modality make the task a numerical
-comparison, as in the paper's abstract (docs/methods.md). Numbers are small integers so that a word-level
+comparison, as in the paper's abstract (docs/methods/lin2024.md). Numbers are small integers so that a word-level
 vocabulary has one token per number; the same trials can be written as text for a real tokenizer.
 
 Word-level prompt (13 tokens, answer read at "choice"):
@@ -79,7 +79,7 @@ def _trials(rows: np.ndarray) -> dict[str, np.ndarray]:
         "color_sign": side_c,
         "choice": choice,
         "congruent": (side_m == side_c).astype(np.int64),
-        # Lin 2024's "response type" (docs/methods.md, ours): context x congruent/incongruent, 4 classes
+        # Lin 2024's "response type" (docs/methods/lin2024.md, ours): context x congruent/incongruent, 4 classes
         "response_type": (2 * ctx + (side_m == side_c)).astype(np.int64),
     }
 

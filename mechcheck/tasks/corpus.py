@@ -1,7 +1,7 @@
 """A generic synthetic corpus for pretraining small GPT-2s: numbers, comparisons, recall and copying, no CDM.
 
 Lin 2024 compares GPT-2 *fine-tuned* on the context-dependent decision task (CDM) with GPT-2 trained from
-scratch. Without the hub, "pretrained" has to be manufactured locally (docs/methods.md): a model trained with
+scratch. Without the hub, "pretrained" has to be manufactured locally (docs/methods/lin2024.md): a model trained with
 next-token loss on text that contains the *ingredients* of the task - reading numbers, comparing two
 numbers, looking up the value bound to a word, copying - but never the task itself (a context cue that
 selects which of two comparisons decides the answer).
