@@ -122,10 +122,11 @@ def _cmd_run(args) -> int:
     console.print(f"mechcheck: {len(claims)} claim(s), profile [bold]{args.profile}[/], device {runner.device}, "
                   f"{runner.workers} worker(s), cache {report.cache_dir}")
     judged = iter(range(len(claims)))
-    progress = WorkProgress(console)
+    progress = WorkProgress(console, claims=[c.id for c in claims])
 
     def on_result(result) -> None:
         report.claims[next(judged)] = result
+        progress.claim_done(result)
         report.write_json(out_dir / "report.json")  # after every claim: a run that dies keeps what it did
         style = outcome_style(result.outcome)
         line = f"  [{style}]{result.outcome:>12}[/]  {result.id}  ({result.durations.get('total', 0):.0f} s)"
