@@ -219,10 +219,11 @@ def _cmd_run(args) -> int:
     console.print(f"mechcheck: {len(claims)} claim(s), profile [bold]{args.profile}[/], device {runner.device}, "
                   f"{runner.workers} worker(s), cache {report.cache_dir}")
     judged = iter(range(len(claims)))
-    progress = WorkProgress(console)
+    progress = WorkProgress(console, claims=[c.id for c in claims])
 
     def on_result(result) -> None:
         report.claims[next(judged)] = result
+        progress.claim_done(result)
         report.write_json(out_dir / "report.json")  # after every claim: a run that dies keeps what it did
         style = outcome_style(result.outcome)
         line = f"  [{style}]{result.outcome:>12}[/]  {result.id}  ({result.durations.get('total', 0):.0f} s)"
@@ -359,19 +360,59 @@ def _cmd_ls(args) -> int:
     from rich.table import Table
 
     from mechcheck.registry import CHECKS, EXPERIMENTS, FIGURES, RECIPES, TASKS, UNITS
+    from mechcheck.cache import ModelCache
+    from mechcheck.models import CheckpointError
+    from mechcheck.recipes import BuildContext, is_trained, model_ref, replicates
     from mechcheck.spec import find_fixtures_dir, list_fixtures
 
     console = Console() if sys.stdout.isatty() else Console(width=180)  # as in run: no "…" in logs
     paths = [p for p in args.paths if p != "claims" or Path("claims").is_dir()]  # the default only if present
+    cache = ModelCache()  # $MECHCHECK_CACHE_DIR, as `run` without --cache-dir
+    # A trained model's key includes where it trains; `ls` loads no torch to ask, so it looks for either
+    # device (with `run`'s default of one training thread).
+    contexts = {device: BuildContext(cache, device, None, 1) for device in ("cpu", "cuda")}
+
+    def availability(spec, seeds: int) -> str:
+        """Whether a role's replicates are ready: a load fixture's checkpoint exists, a trained one's replicates
+        are in the model cache (an existence test: `run` verifies the weights when it reads them)."""
+        if not is_trained(spec):
+            if spec.hub and not spec.path:
+                from huggingface_hub import try_to_load_from_cache
+
+                local = isinstance(try_to_load_from_cache(spec.hub, "config.json"), str)
+                return f"hub {spec.hub}: " + ("downloaded" if local else "not downloaded")
+            try:
+                model_ref(spec, 0, contexts["cpu"])
+            except CheckpointError:
+                return "checkpoint missing"
+            return "checkpoint present"
+        n = replicates(spec, seeds)
+        try:
+            found = {d: sum(cache.entry(model_ref(spec, s, ctx).key).is_dir() for s in range(n))
+                     for d, ctx in contexts.items()}
+        except CheckpointError:  # a parent whose checkpoint is missing
+            return "parent checkpoint missing"
+        device = max(found, key=lambda d: found[d])
+        if found[device] == 0:
+            return f"0/{n} cached"
+        return f"{found[device]}/{n} cached" + (f" ({device})" if device != "cpu" else "")
+
     if paths:
         args.paths = paths
         claims = _load(args)
-        t = Table(title=f"claims (profile {args.profile})")
-        for col in ("id", "models", "experiment", "checks", "seeds", "file"):
-            t.add_column(col)
+        t = Table(title=f"claims (profile {args.profile}; model cache {cache.root})")
+        # names are never cut (a cut name is a wrong name); what is long and free-form wraps
+        widest = lambda names: max([len(n) for n in names] + [5])  # noqa: E731
+        t.add_column("id / file", no_wrap=True, min_width=widest(c.id for c in claims))
+        t.add_column("tags", overflow="fold", min_width=12)
+        t.add_column("models (role=fixture: ready?)", overflow="fold", min_width=30)
+        t.add_column("experiment", no_wrap=True, min_width=widest(c.experiment.name for c in claims))
+        t.add_column("checks", no_wrap=True, min_width=widest(x.name for c in claims for x in c.expect))
+        t.add_column("seeds", justify="right", min_width=5)
         for c in claims:
-            t.add_row(c.id, ", ".join(f"{r}={m.name}" for r, m in c.models.items()), c.experiment.name,
-                      ", ".join(x.name for x in c.expect), str(c.seeds), c.file)
+            models = "\n".join(f"{r}={m.name}: {availability(m, c.seeds)}" for r, m in c.models.items())
+            t.add_row(f"{c.id}\n[dim]{c.file}[/]", ", ".join(c.tags) or "—", models, c.experiment.name,
+                      "\n".join(x.name for x in c.expect), str(c.seeds), end_section=True)
         console.print(t)
     fixtures_dir = args.fixtures_dir or (find_fixtures_dir(Path(paths[0]).resolve()) if paths else None)
     if fixtures_dir is None and Path("fixtures").is_dir():

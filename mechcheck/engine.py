@@ -111,6 +111,7 @@ class Engine:
             if self._add_build(m, priority):
                 deps.add(m.key)
         self.nodes[unit.key] = _Node(unit.key, "unit", unit, deps, priority, unit.label)
+        self._emit(Event("queued", unit.key, unit.label))
         self._promote(unit.key)
 
     def _stale(self, unit: Unit) -> bool:
@@ -144,6 +145,7 @@ class Engine:
             return False
         deps = {p.key for p in parents(ref, self.build_ctx) if self._add_build(p, priority)}
         self.nodes[ref.key] = _Node(ref.key, "build", ref, deps, priority, f"build {ref.label}")
+        self._emit(Event("queued", ref.key, f"build {ref.label}"))
         self._promote(ref.key)
         return True
 
@@ -157,6 +159,13 @@ class Engine:
         for d in node.deps:
             if d in self.nodes:
                 self._raise(self.nodes[d], priority)
+
+    def _emit(self, event: Event) -> None:
+        """Pass `event` on, with the current priority of its piece of work (which claim it is for)."""
+        node = self.nodes.get(event.key)
+        if node is not None:
+            event.priority = node.priority
+        self.on_event(event)
 
     def _push(self, node: _Node) -> None:
         self._seq += 1
@@ -185,14 +194,14 @@ class Engine:
         node.seconds = outcome.get("seconds", 0.0)
         if outcome["ok"]:
             node.state = "done"
-            self.on_event(Event("end", node.key, node.label, seconds=node.seconds,
-                                computed=outcome.get("computed", True), fields=outcome.get("facts") or {}))
+            self._emit(Event("end", node.key, node.label, seconds=node.seconds,
+                             computed=outcome.get("computed", True), fields=outcome.get("facts") or {}))
             for other in self.nodes.values():
                 if node.key in other.deps and other.state == "waiting":
                     self._promote(other.key)
         else:
-            self.on_event(Event("end", node.key, node.label, seconds=node.seconds, computed=False,
-                                fields={"error": outcome["message"]}))
+            self._emit(Event("end", node.key, node.label, seconds=node.seconds, computed=False,
+                             fields={"error": outcome["message"]}))
             self._fail(node, WorkFailed(outcome["message"], outcome["category"], outcome.get("traceback")))
 
     # ---- running ----------------------------------------------------------------------------------
@@ -220,9 +229,9 @@ class Engine:
         if node is None:
             raise RuntimeError("engine: nothing is ready but work is waiting (a dependency cycle?)")
         if self._local is None:
-            self._local = Worker(self.config, self.on_event)
+            self._local = Worker(self.config, self._emit)
         node.state = "running"
-        self.on_event(Event("start", node.key, node.label))
+        self._emit(Event("start", node.key, node.label))
         self._finish(node, self._local.run((node.kind, node.key, node.payload)))
 
     def _step_pool(self) -> None:
@@ -254,7 +263,7 @@ class Engine:
 
         while True:
             try:
-                self.on_event(self._queue.get_nowait())
+                self._emit(self._queue.get_nowait())
             except queue.Empty:
                 return
 

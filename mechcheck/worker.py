@@ -21,9 +21,13 @@ __all__ = ["Event", "UnitContext", "Worker", "start_process", "run_in_process"]
 
 @dataclass
 class Event:
-    """Progress of one piece of work: started, advanced (done of total, fields) or finished."""
+    """Progress of one piece of work: queued, started, advanced (done of total, fields) or finished.
 
-    what: str  # "start" | "advance" | "end"
+    `priority` is the engine's (the index of the first claim that needs the work; -1: a check's request of
+    the claim being judged), filled in by the engine for every event it passes on.
+    """
+
+    what: str  # "queued" | "start" | "advance" | "end"
     key: str
     label: str = ""
     done: int = 0
@@ -31,7 +35,7 @@ class Event:
     fields: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     computed: bool = True
-
+    priority: int | None = None
 
 
 class Worker:

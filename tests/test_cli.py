@@ -376,7 +376,11 @@ def test_run_trained_fixture_is_cached_and_deterministic(claim_tree, tmp_path):
     root, cache = claim_tree.root, tmp_path / "cache"
     args = ["run", "claims", "--seeds", "2", "--n-boot", "300"]
     first = cli([*args, "--report-dir", "out-1"], root, cache)
+    listed = start(["ls", "claims"], root, cache)
     second = cli([*args, "--report-dir", "out-2"], root, cache)
+    listed = finish(listed)
+    # `ls` finds the replicate `run` trained (the claim's own seeds: 1) under the key `run` gave it
+    assert "m=tiny-cdm: 1/1 cached" in _claim_rows(listed.stdout)["tiny.machinery"], show(listed)
 
     reports = []
     for r, out in ((first, "out-1"), (second, "out-2")):
@@ -423,6 +427,43 @@ def test_ls_lists_claims_fixtures_and_registries(claim_tree, tmp_path):
                  "copy_first", "scratch", "finetune", "load"):  # tasks, recipes
         assert re.search(rf"(?<![\w.-]){re.escape(word)}(?![\w-])", r.stdout), f"{word!r} not listed\n{show(r)}"
     assert "…" not in r.stdout.split("fixtures")[0], "claim table truncated\n" + show(r)
+
+
+TAGGED_TRAINED = TINY_TRAINED.replace("id: tiny.machinery", "id: tiny.tagged").replace(
+    "    models: {m: tiny-cdm}", "    tags: [machinery, smoke]\n    seeds: 2\n    models: {m: tiny-cdm, k: one-head}")
+
+
+def _claim_rows(stdout: str) -> dict[str, str]:
+    """The claims table as claim id -> the text of its rows (a claim's cells span several lines)."""
+    table = stdout.split("└")[0]  # the claims table comes first
+    rows: dict[str, str] = {}
+    current = None
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if not cells:
+            current = None
+            continue
+        if cells[0] and current is None:
+            current = cells[0]
+        if current:
+            rows[current] = rows.get(current, "") + " " + " ".join(cells)
+    return rows
+
+
+def test_ls_shows_tags_roles_checks_and_which_models_are_ready(claim_tree, tmp_path):
+    claim_tree("claims/tagged.yaml", TAGGED_TRAINED)
+    claim_tree("claims/missing.yaml", MISSING_CHECKPOINT)
+    r = cli(["ls", "claims"], claim_tree.root, tmp_path / "cache")
+
+    assert r.returncode == 0, show(r)
+    rows = _claim_rows(r.stdout)
+    assert set(rows) == {"tiny.tagged", "err.missing_checkpoint"}, r.stdout
+    tagged, missing = rows["tiny.tagged"], rows["err.missing_checkpoint"]
+    for part in ("claims/tagged.yaml", "machinery, smoke", "m=tiny-cdm: 0/2 cached", "k=one-head: checkpoint present",
+                 "head_ablation", "effect_at_least", "attention_to"):
+        assert part in tagged, f"{part!r} not in the row of tiny.tagged\n{show(r)}"
+    assert "m=err.missing_checkpoint.m: checkpoint missing" in missing, show(r)
+    assert str(tmp_path / "cache") in r.stdout  # which cache was looked at
 
 
 # --------------------------------------------------------------------------------------- pytest plugin

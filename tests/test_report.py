@@ -292,3 +292,62 @@ def test_console_table_compact_on_narrow_terminals() -> None:
         for check in claim.checks:
             assert check.name in text and str(check.effect.estimate)[:4] in text
     assert "control" not in text  # dropped in compact mode; report.md has it
+
+
+def _two_accuracy_checks() -> RunReport:
+    """A claim whose two `accuracy_at_least` checks differ only by role: one passed, one failed."""
+    def acc(role: str, outcome: str, estimate: float) -> CheckResult:
+        return CheckResult(name="accuracy_at_least", args={"model": role, "value": 0.9}, outcome=outcome,
+                           effect=Estimate(estimate, estimate - 0.02, estimate + 0.02, n=500, n_seeds=3),
+                           threshold=0.9, direction=">=")
+
+    layers = CheckResult(name="top_heads_in_layers", outcome="failed", threshold=0.66, direction=">=",
+                         args={"model": "finetuned", "top": 3, "layers": [4, 5, 6, 7, 8, 9, 10, 11],
+                               "at_least": 0.66, "metric": "logit_diff"},
+                         effect=Estimate(0.5, 0.4, 0.6, n=500, n_seeds=3))
+    claim = ClaimResult(id="lin2024.minilm_finetuned_vs_scratch", file="c.yaml", statement="s", outcome="failed",
+                        seeds=[0, 1, 2], checks=[acc("scratch", "passed", 0.95), acc("finetuned", "failed", 0.55),
+                                                 layers])
+    return RunReport(run_id="r", started="s", profile="ci", claims=[claim])
+
+
+def test_console_rows_of_one_check_kind_are_told_apart_at_80_columns() -> None:
+    report = _two_accuracy_checks()
+    console = Console(record=True, width=80)
+    print_summary(report, console)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    cells = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+    joined = "\n".join(cells)
+    # each row names its role: the passed and the failed check no longer read the same
+    first, second = (i for i, c in enumerate(cells) if c.startswith("accuracy_at_least"))
+    assert "model=scratch" in cells[first] + " " + cells[first + 1]
+    assert "model=finetuned" in cells[second] + " " + cells[second + 1]
+    passed = next(line for line in lines if "accuracy_at_least" in line)
+    assert "passed" in passed
+    # arguments are whole or absent; a cut is marked
+    allowed = {"model=scratch", "model=finetuned", "value=0.9", "top=3", "layers=[4,5,6,7,8,9,10,11]",
+               "at_least=0.66", "metric=logit_diff", "…", "accuracy_at_least", "top_heads_in_layers"}
+    tokens = [t for c in cells[first:] for t in c.split()]  # (the claim id above may fold: it is one word)
+    assert set(tokens) <= allowed, set(tokens) - allowed
+    assert "…" in joined  # the top_heads_in_layers row does not fit in two lines of this width
+
+
+def test_check_labels_put_what_differs_first_and_cut_whole_arguments() -> None:
+    from mechcheck.report.console import check_labels
+
+    checks = _two_accuracy_checks().claims[0].checks
+    full = check_labels(checks)
+    assert full[:2] == ["accuracy_at_least model=scratch value=0.9", "accuracy_at_least model=finetuned value=0.9"]
+    # the role, then what is not alike across the claim
+    assert full[2] == "top_heads_in_layers model=finetuned top=3 layers=[4,5,6,7,8,9,10,11] at_least=0.66 " \
+                      "metric=logit_diff"
+    assert check_labels(checks, 40)[2] == "top_heads_in_layers model=finetuned …"
+    assert check_labels(checks, 30)[1] == "accuracy_at_least …"
+    # an argument shared by every check goes last: here `value`, once both checks share the role too
+    same_role = [CheckResult(name="effect_at_least", args={"model": "m", "heads": h, "value": 0.1}, outcome="passed")
+                 for h in ("top_1", "top_3")]
+    assert check_labels(same_role) == ["effect_at_least heads=top_1 model=m value=0.1",
+                                       "effect_at_least heads=top_3 model=m value=0.1"]
+    assert check_labels(same_role, 30, max_lines=2) == ["effect_at_least heads=top_1\n  model=m value=0.1",
+                                                        "effect_at_least heads=top_3\n  model=m value=0.1"]

@@ -7,7 +7,7 @@ with the Markdown report so that both renderings of a run show the same numbers 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "format_control",
     "format_seconds",
     "format_check_label",
+    "check_labels",
     "one_line",
     "format_counts",
     "render_table",
@@ -157,6 +158,53 @@ def format_check_label(check: CheckResult, max_len: int | None = None) -> str:
     return one_line(label, max_len) if max_len else label
 
 
+#: arguments naming a model role: shown first, since they say which model a check is about
+_ROLE_ARGS = ("model", "than")
+
+
+def check_labels(checks: Sequence[CheckResult], max_len: int | None = None, max_lines: int = 1) -> list[str]:
+    """Labels that tell a claim's checks apart: ``accuracy_at_least model=scratch value=0.9``.
+
+    The name, then the arguments whose values differ between checks of the same name, then the roles, then
+    the rest, and last those every check of the claim has alike (the first to go). Over `max_len`, whole
+    arguments go onto up to `max_lines` lines (continuations indented by two spaces), and what does not fit
+    is dropped from the end, marked "…": a label never ends inside a value, where ``value=0.9`` cut to
+    ``value=0.`` would misread as another threshold.
+    """
+    shown = [{k: _format_arg(v) for k, v in (c.args or {}).items() if v is not None} for c in checks]
+    shared = set(shown[0].items()).intersection(*map(dict.items, shown[1:])) if len(shown) > 1 else set()
+    labels = []
+    for check, args in zip(checks, shown):
+        twins = [a for c, a in zip(checks, shown) if c.name == check.name]
+        telling = {k for k, v in args.items() if len(twins) > 1 and any(t.get(k) != v for t in twins)}
+        ordered = sorted(args.items(), key=lambda kv: (kv in shared, kv[0] not in telling,
+                                                       kv[0] not in _ROLE_ARGS))
+        tokens = [check.name] + ["=".join((k, " ".join(v.split()))) for k, v in ordered]
+        labels.append("\n".join(_fit(tokens, max_len, max_lines)))
+    return labels
+
+
+def _fit(tokens: list[str], max_len: int | None, max_lines: int = 1) -> list[str]:
+    """`tokens` joined by spaces into at most `max_lines` lines of `max_len`, continuations indented two
+    spaces; tokens that do not fit are dropped from the end and "…" marks it. The first token (the check's
+    name) always stays, whole."""
+    if max_len is None:
+        return [" ".join(tokens)]
+    lines = [tokens[0]]
+    for i, token in enumerate(tokens[1:], start=1):
+        if len(lines[-1]) + 1 + len(token) <= max_len:
+            lines[-1] += " " + token
+        elif len(lines) < max_lines and 2 + len(token) <= max_len:
+            lines.append("  " + token)
+        else:
+            # the rest does not fit: drop it, and make room for the mark by dropping more if need be
+            while len(lines[-1]) + 2 > max_len and " " in lines[-1].strip():
+                lines[-1] = lines[-1].rsplit(" ", 1)[0]
+            lines[-1] += " …"
+            break
+    return lines
+
+
 def _outcome_text(outcome: str) -> Text:
     return Text(outcome, style=outcome_style(outcome))
 
@@ -165,11 +213,16 @@ def _outcome_text(outcome: str) -> Text:
 COMPACT_BELOW = 140
 
 
-def render_table(report: RunReport, compact: bool = False) -> Table:
+#: the check column's width in the full table
+_WIDE_LABEL = 60
+
+
+def render_table(report: RunReport, compact: bool = False, width: int | None = None) -> Table:
     """One row per check (claim id on its first row only); claims without checks show their reason.
 
     `compact` (narrow terminals): a bold row per claim (outcome, seeds, time), then one indented row per
-    check with its outcome, effect and threshold; check arguments, controls and n are in report.md.
+    check with its outcome, effect, threshold, and as many of its telling arguments as fit in `width`
+    (default 80) columns; controls and n are in report.md.
     """
     table = Table(
         title=f"mechcheck run {report.run_id} (profile {report.profile})",
@@ -192,24 +245,36 @@ def render_table(report: RunReport, compact: bool = False) -> Table:
         table.add_column("n", justify="right")
         table.add_column("time", justify="right", no_wrap=True)
 
+    budget = _compact_budget(report, width or 80) if compact else _WIDE_LABEL
     for index, claim in enumerate(report.claims):
         # a rule between claims keeps multi-check claims visually grouped
         end_section = index < len(report.claims) - 1
-        rows = _compact_rows(claim) if compact else _claim_rows(claim)
+        rows = _compact_rows(claim, budget) if compact else _claim_rows(claim)
         for i, row in enumerate(rows):
             table.add_row(*row, end_section=end_section and i == len(rows) - 1)
     return table
 
 
-def _compact_rows(claim: ClaimResult) -> list[tuple[Any, ...]]:
+def _compact_budget(report: RunReport, width: int) -> int:
+    """Characters a compact check label may take: what `width` leaves beside the other columns' widest cells
+    (4 columns: 5 rules and 2 spaces of padding each) and the label's indent; at least 24."""
+    checks = [c for claim in report.claims for c in claim.checks]
+    outcome = max([len("outcome")] + [len(c.outcome) for claim in report.claims for c in claim.checks] +
+                  [len(claim.outcome) for claim in report.claims])
+    effect = max([len("effect ± CI")] + [len(format_estimate(c.effect)) for c in checks])
+    threshold = max([len("threshold")] + [len(format_threshold(c)) for c in checks])
+    return max(24, width - 13 - outcome - effect - threshold - 2)
+
+
+def _compact_rows(claim: ClaimResult, budget: int = 60) -> list[tuple[Any, ...]]:
     seeds = f"{len(claim.seeds)} seed{'s' if len(claim.seeds) != 1 else ''}" if claim.seeds else ""
     time = format_seconds(claim.durations.get("total"))
     rows: list[tuple[Any, ...]] = [(Text(claim.id, style="bold"), _outcome_text(claim.outcome),
                                     Text(", ".join(x for x in (seeds, time) if x), style="dim"), "")]
     if not claim.checks:
         rows.append((Text("  " + (one_line(claim.reason, 80) or "no checks"), style="italic"), "", "", ""))
-    for check in claim.checks:
-        rows.append(("  " + check.name, _outcome_text(check.outcome), format_estimate(check.effect),
+    for check, label in zip(claim.checks, check_labels(claim.checks, budget, max_lines=2)):
+        rows.append(("\n".join("  " + line for line in label.splitlines()), _outcome_text(check.outcome), format_estimate(check.effect),
                      format_threshold(check)))
     return rows
 
@@ -222,11 +287,11 @@ def _claim_rows(claim: ClaimResult) -> list[tuple[Any, ...]]:
         n_seeds = str(len(claim.seeds)) if claim.seeds else "—"
         return [(claim.id, Text(reason, style="italic"), _outcome_text(claim.outcome), "—", "—", "—", n_seeds, "—", time)]
     rows = []
-    for i, check in enumerate(claim.checks):
+    for i, (check, label) in enumerate(zip(claim.checks, check_labels(claim.checks, _WIDE_LABEL, max_lines=2))):
         effect = check.effect
         rows.append((
             claim.id if i == 0 else "",
-            format_check_label(check, 60),
+            label,
             _outcome_text(check.outcome),
             format_estimate(effect),
             format_threshold(check),
@@ -253,7 +318,7 @@ def format_counts(report: RunReport) -> Text:
 
 def print_summary(report: RunReport, console: Console, report_path: Path | str | None = None) -> None:
     """Print the table, the per-outcome counts and (when given) where the full report was written."""
-    console.print(render_table(report, compact=console.width < COMPACT_BELOW))
+    console.print(render_table(report, compact=console.width < COMPACT_BELOW, width=console.width))
     console.print(format_counts(report))
     if report_path is not None:
         console.print(Text("report: ", style="dim") + Text(str(report_path)))

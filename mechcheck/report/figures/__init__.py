@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["write_figures", "safe_name", "save", "write"]
+__all__ = ["write_figures", "safe_name", "save", "write", "fit_cell_labels", "replicates_phrase"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -31,6 +31,12 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_FIG_WIDTH = 20.0
 #: above this many cells per panel the per-cell numbers would be illegible, so only colours are drawn
 _MAX_ANNOTATED_CELLS = 24 * 24
+#: the `gid` of a heatmap's per-cell numbers, so that `fit_cell_labels` finds them at save time
+CELL_LABEL = "cell-label"
+#: the smallest font (points) a cell number is shrunk to before the panel shows colours only
+_MIN_LABEL_PT = 5.5
+#: share of a cell's width and height a number may fill (the rest keeps neighbours apart)
+_CELL_FILL = (0.9, 0.8)
 
 
 def safe_name(text: str) -> str:
@@ -75,9 +81,59 @@ def save(fig: Figure, path: Path) -> None:
 
     # an explicit Agg canvas: no pyplot, no GUI backend, safe to call from worker threads
     FigureCanvasAgg(fig)
+    fit_cell_labels(fig)
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=110)
     tmp.replace(path)
+
+
+def fit_cell_labels(fig: Figure) -> None:
+    """Keep a heatmap's per-cell numbers only where they fit their cells at the figure's real size.
+
+    Cell size is only known once the layout is done (a colorbar or a neighbour panel takes its share), so
+    this runs at save time: per panel, the widest number is measured against the cell, in points; the font
+    shrinks down to `_MIN_LABEL_PT`, and if the numbers still do not fit they are removed — colours alone
+    read better than numbers running into each other ("0.000.000.00").
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    panels = [(ax, [t for t in ax.texts if t.get_gid() == CELL_LABEL]) for ax in fig.axes]
+    panels = [(ax, texts) for ax, texts in panels if texts and ax.images]
+    if not panels:
+        return
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # runs the layout: axes now have their final size
+    renderer = canvas.get_renderer()
+    for ax, texts in panels:
+        n_rows, n_cols = ax.images[0].get_array().shape[:2]
+        box = ax.get_window_extent(renderer)
+        cell_w, cell_h = box.width / n_cols, box.height / n_rows  # pixels, as the texts' extents
+        size = float(texts[0].get_fontsize())
+        while True:
+            extents = [t.get_window_extent(renderer) for t in texts]
+            if (max(e.width for e in extents) <= _CELL_FILL[0] * cell_w and
+                    max(e.height for e in extents) <= _CELL_FILL[1] * cell_h):
+                break
+            if size <= _MIN_LABEL_PT:
+                for t in texts:
+                    t.remove()
+                break
+            size = max(_MIN_LABEL_PT, size - 0.5)
+            for t in texts:
+                t.set_fontsize(size)
+
+
+def replicates_phrase(n: int | Sequence[int]) -> str:
+    """What a value averaged over `n` replicates is, for a title: "one replicate", "mean of 3 replicates".
+
+    A title that says "mean of seeds" over one loaded model promises a seed-to-seed average it does not have.
+    """
+    counts = sorted({int(n)} if isinstance(n, int) else {int(k) for k in n})
+    if not counts or counts == [1]:
+        return "one replicate"
+    if len(counts) == 1:
+        return f"mean of {counts[0]} replicates"
+    return f"mean of {counts[0]}–{counts[-1]} replicates"
 
 
 def matrices(per_seed: Any) -> list[np.ndarray]:
@@ -121,7 +177,7 @@ def grid(n_panels: int, n_layers: int, n_heads: int) -> tuple[Figure, list[Axes]
 
 def heatmap(ax: Axes, mat: np.ndarray, cmap: Any, vmin: float, vmax: float, fmt: str,
              dark: Callable[[float], bool]) -> Any:
-    """Draw one L x H panel (layer 0 at the top) with per-cell numbers when they stay legible."""
+    """Draw one L x H panel (layer 0 at the top) with per-cell numbers; `save` keeps them where they fit."""
     import numpy as np
 
     n_layers, n_heads = mat.shape
@@ -135,7 +191,7 @@ def heatmap(ax: Axes, mat: np.ndarray, cmap: Any, vmin: float, vmax: float, fmt:
             text = format(value, fmt)
             if text.startswith("-") and float(text) == 0.0:
                 text = text[1:]  # "-0.00" suggests a sign the value does not have at this precision
-            ax.text(head, layer, text, ha="center", va="center", fontsize=size,
+            ax.text(head, layer, text, ha="center", va="center", fontsize=size, gid=CELL_LABEL,
                     color="white" if dark(value) else "black")
     step_x = 1 if n_heads <= 16 else max(1, n_heads // 12)
     step_y = 1 if n_layers <= 24 else max(1, n_layers // 16)

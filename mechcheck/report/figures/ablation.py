@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from mechcheck.registry import FIGURES
 from mechcheck.report.figures import grid as _grid, heatmap as _heatmap, matrices as _matrices, safe_name, save as _save
-from mechcheck.report.figures import seed_labels as _seed_labels, value_format as _value_format
+from mechcheck.report.figures import replicates_phrase, seed_labels as _seed_labels, value_format as _value_format
 from mechcheck.results import ClaimResult
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def head_ablation_figures(claim: ClaimResult, fig_dir: Path) -> list[Path]:
 
 
 def _draw_comparison(models: Mapping[str, Any], args: Mapping[str, Any]) -> Figure | None:
-    """Roles side by side: mean-over-seeds head effects on one colour scale, then each role's layer profile.
+    """Roles side by side: head effects (mean over replicates) on one colour scale, then each layer profile.
 
     The layer profile is the share, per layer, of the heads' squared effects (each estimated from two halves of
     the examples: what `layer_centroid_higher` weighs), with the mean centroid marked, so models of different
@@ -72,7 +72,8 @@ def _draw_comparison(models: Mapping[str, Any], args: Mapping[str, Any]) -> Figu
     from matplotlib.figure import Figure
 
     roles = [r for r, d in models.items() if isinstance(d, Mapping)]
-    means = {r: np.nanmean(np.stack(_matrices(models[r]["head_effect"])), axis=0) for r in roles}
+    per_seed = {r: _matrices(models[r]["head_effect"]) for r in roles}
+    means = {r: np.nanmean(np.stack(per_seed[r]), axis=0) for r in roles}
     vmax = max(float(np.nanmax(np.abs(m))) for m in means.values()) or 1.0
     metric = str(args.get("metric", "accuracy"))
     fig = Figure(figsize=(3.2 * len(roles) + 3.6, 3.4), layout="constrained")
@@ -81,7 +82,7 @@ def _draw_comparison(models: Mapping[str, Any], args: Mapping[str, Any]) -> Figu
     im = None
     for ax, role in zip(axes, roles):
         im = _heatmap(ax, means[role], "RdBu_r", -vmax, vmax, fmt, lambda v: abs(v) > 0.6 * vmax)
-        ax.set_title(f"{role}: {metric} drop (mean of seeds)", fontsize=9)
+        ax.set_title(f"{role}: {metric} drop ({replicates_phrase(len(per_seed[role]))})", fontsize=9)
     if im is not None:
         fig.colorbar(im, ax=list(axes[: len(roles)]), shrink=0.8)
     ax = axes[-1]
@@ -170,13 +171,23 @@ def _layer_panel(ax: Axes, layers: np.ndarray, labels: list[str], metric: str) -
         # an all-NaN layer (not measured) is allowed: nanmean warns, the bar is simply missing
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(layers, axis=0)
-    ax.barh(y, mean, height=0.6, color="#bbbbbb", edgecolor="#777777", label="mean over seeds")
+    # one replicate: the bar is that replicate, not a mean (and a marker on it would repeat it)
+    ax.barh(y, mean, height=0.6, color="#bbbbbb", edgecolor="#777777",
+            label=replicates_phrase(n_seeds) if n_seeds > 1 else labels[0])
+    if n_seeds == 1:
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        _layer_axes(ax, y, n_layers, metric)
+        return
     markers = "o^sDvP*X"
     offsets = np.linspace(-0.2, 0.2, n_seeds) if n_seeds > 1 else np.zeros(1)
     for s in range(n_seeds):
         ax.scatter(layers[s], y + offsets[s], s=18, marker=markers[s % len(markers)], zorder=3,
                    label=labels[s])
     ax.axvline(0.0, color="black", linewidth=0.8)
+    _layer_axes(ax, y, n_layers, metric)
+
+
+def _layer_axes(ax: Axes, y: np.ndarray, n_layers: int, metric: str) -> None:
     ax.set_yticks(y)
     ax.set_ylim(n_layers - 0.5, -0.5)  # layer 0 on top, as in the heatmaps
     ax.tick_params(labelsize=8, length=2)

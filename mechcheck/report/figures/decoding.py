@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mechcheck.registry import FIGURES
-from mechcheck.report.figures import safe_name, write as _write
+from mechcheck.report.figures import replicates_phrase, safe_name, write as _write
 from mechcheck.results import ClaimResult
 
 __all__ = ["decoding_figures"]
@@ -113,7 +113,8 @@ def _profiles(claim: ClaimResult, exp: Mapping[str, Any]):
     axes[0].set_ylabel("accuracy", fontsize=9)
     axes[0].legend(fontsize=7, frameon=False)
     args = exp.get("args") or {}
-    fig.suptitle(f"{claim.id}\naccuracy per layer ({args.get('site', '?')}, mean over replicates)", fontsize=10)
+    phrase = replicates_phrase([len(m.get("replicates") or []) for m in models.values()])
+    fig.suptitle(f"{claim.id}\naccuracy per layer ({args.get('site', '?')}, {phrase})", fontsize=10)
     return fig
 
 

@@ -57,7 +57,7 @@ def _draw(claim: ClaimResult, experiment: Mapping):
             raise ValueError(f"role {role!r}: accuracy must be seeds x {len(x)}, got shape {curves.shape}")
         for c in curves:
             ax.plot(x, c, color=colour, linewidth=0.8, alpha=0.45)
-        label = f"{role} ({data.get('fixture', '?')}, {len(curves)} seeds)"
+        label = f"{role} ({data.get('fixture', '?')}, {len(curves)} seed{'s' if len(curves) != 1 else ''})"
         ax.plot(x, curves.mean(axis=0), color=colour, linewidth=2.4, marker="o", markersize=4, label=label)
         for n, cens in zip(data.get("n_at_target") or [], data.get("censored") or []):
             if n is None or not math.isfinite(float(n)):
