@@ -1,4 +1,4 @@
-"""End-to-end tests of the `mechcheck` command and the pytest plugin, each run in a subprocess.
+"""End-to-end tests of the `mechcheck` command, each run in a subprocess (the pytest plugin: test_pytest_plugin.py).
 
 Every CLI call runs `python -m mechcheck.cli` with the temporary project as its working directory and its own
 MECHCHECK_CACHE_DIR, so nothing here reads or writes the user's model cache. Runs of the same test that do not
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +18,6 @@ import pytest
 from conftest import KNOWN_HEAD_PASSES, UNUSED_HEAD_FAILS, write, write_fixtures
 
 from mechcheck.results import SCHEMA_VERSION, RunReport
-
-pytest_plugins = ["pytester"]
 
 #: `error: <file>:<line>: <field path>: <message>` (one line per problem, see docs/claim-format.md)
 ERROR_LINE = re.compile(r"^error: (?P<file>[^:\s]+):(?P<line>\d+): (?P<field>[^:\s]+): (?P<message>.+)$")
@@ -464,59 +461,3 @@ def test_ls_shows_tags_roles_checks_and_which_models_are_ready(claim_tree, tmp_p
         assert part in tagged, f"{part!r} not in the row of tiny.tagged\n{show(r)}"
     assert "m=err.missing_checkpoint.m: checkpoint missing" in missing, show(r)
     assert str(tmp_path / "cache") in r.stdout  # which cache was looked at
-
-
-# --------------------------------------------------------------------------------------- pytest plugin
-
-
-def _copy_project(src: Path, dst: Path) -> None:
-    for name in ("claims", "fixtures"):
-        shutil.copytree(src / name, dst / name)
-
-
-def _plain(text: str) -> None:
-    """No Python traceback in any of pytest's formats."""
-    assert "Traceback" not in text, text
-    assert "site-packages" not in text and "pytest_plugin.py" not in text, text
-    assert not re.search(r"^E\s", text, re.M), text
-
-
-def test_pytest_plugin_runs_claims_as_tests(pytester, claim_tree, monkeypatch, tmp_path):
-    claim_tree("claims/known.yaml", KNOWN_HEAD_PASSES)
-    claim_tree("claims/unused.yaml", UNUSED_HEAD_FAILS)
-    claim_tree("claims/missing.yaml", MISSING_CHECKPOINT)
-    _copy_project(claim_tree.root, pytester.path)
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("MECHCHECK_CACHE_DIR", str(cache))
-    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-
-    result = pytester.runpytest_subprocess("claims")  # no -p: the pytest11 entry point loads the plugin
-
-    result.assert_outcomes(passed=1, failed=1, errors=1)
-    out = result.stdout.str()
-    _plain(out + result.stderr.str())
-    # the failure shows the check, the effect with its CI and the threshold
-    assert re.search(r"^known\.unused_head_matters: failed$", out, re.M), out
-    assert re.search(r"\[failed\] effect_at_least: .*= 0\.000 \[0\.000, 0\.000\] \(needs > 0\.05", out), out
-    # the error shows the one-line reason (file, field path, the missing path)
-    missing = str(pytester.path / "claims" / "no" / "such" / "checkpoint")
-    assert re.search(rf"^err\.missing_checkpoint: error: .*missing\.yaml:\d+: models\.m\.path: .*{re.escape(missing)}",
-                     out, re.M), out
-
-
-def test_pytest_plugin_invalid_claim_is_a_collection_error(pytester, claim_tree, monkeypatch, tmp_path):
-    claim_tree("claims/bad.yaml", TYPO_CLAIM)
-    _copy_project(claim_tree.root, pytester.path)
-    monkeypatch.setenv("MECHCHECK_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-
-    result = pytester.runpytest_subprocess("claims")
-
-    assert result.ret == pytest.ExitCode.INTERRUPTED
-    result.assert_outcomes(errors=1)
-    out = result.stdout.str()
-    _plain(out + result.stderr.str())
-    assert re.search(r"^\S*claims/bad\.yaml:8: expect\[1\]\.top_head_in_layers: unknown check 'top_head_in_layers' "
-                     r".*did you mean 'top_heads_in_layers'\?\)$", out, re.M), out
-    assert re.search(r"^\S*claims/bad\.yaml:9: colour: unknown field 'colour'", out, re.M), out
-    assert not (tmp_path / "cache").exists()
