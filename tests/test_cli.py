@@ -461,3 +461,30 @@ def test_ls_shows_tags_roles_checks_and_which_models_are_ready(claim_tree, tmp_p
         assert part in tagged, f"{part!r} not in the row of tiny.tagged\n{show(r)}"
     assert "m=err.missing_checkpoint.m: checkpoint missing" in missing, show(r)
     assert str(tmp_path / "cache") in r.stdout  # which cache was looked at
+
+
+def test_selection_defaults_help_and_version(claim_tree, tmp_path):
+    """-k / --tag select claims; validate and run default to claims/; every subcommand's --help shows its
+    defaults, exit codes and an example; --version; a claim without fixtures/ names --fixtures-dir."""
+    root, cache = claim_tree.root, tmp_path / "cache"
+    claim_tree("claims/tagged.yaml", TAGGED_TRAINED)
+    claim_tree("claims/known.yaml", KNOWN_HEAD_PASSES)
+    runs = {name: start(args, root, cache) for name, args in {
+        "default": ["validate"], "k": ["validate", "-k", "known and not tagged"], "tag": ["validate", "--tag", "smoke"],
+        "none": ["run", "-k", "nothing_matches"], "bad": ["validate", "-k", "known or"],
+        "version": ["--version"]}.items()}
+    got = {name: finish(p) for name, p in runs.items()}
+    assert got["default"].returncode == 0 and "2 claims valid" in got["default"].stdout, show(got["default"])
+    assert "1 claim valid" in got["k"].stdout and "1 claim valid" in got["tag"].stdout, show(got["k"])
+    assert got["none"].returncode == 2 and "no claims found that match" in got["none"].stderr, show(got["none"])
+    assert got["bad"].returncode == 2 and "-k" in got["bad"].stderr, show(got["bad"])
+    assert got["version"].returncode == 0 and got["version"].stdout.startswith("mechcheck "), show(got["version"])
+    for sub in ("run", "validate", "ls", "compare", "baseline", "export"):
+        r = cli([sub, "--help"], root, cache)
+        assert r.returncode == 0 and "exit codes:" in r.stdout and "example:" in r.stdout, show(r)
+    assert "(default: ci)" in cli(["run", "--help"], root, cache).stdout
+
+    lone = tmp_path.parent / f"{tmp_path.name}-lone" / "claim.yaml"  # no fixtures/ above it
+    write(lone.parent, "claim.yaml", KNOWN_HEAD_PASSES)
+    r = cli(["validate", str(lone)], lone.parent, cache)
+    assert r.returncode == 2 and "--fixtures-dir" in r.stderr, show(r)
