@@ -6,7 +6,7 @@ interval, standard error, degrees of freedom, scope and per-replicate values), t
 weight hashes, the versions and the git sha — and without what only the full report needs: per-head matrices
 and other experiment summaries, figures, tracebacks, the normalised claim specs and large check details.
 `mechcheck run --baseline` and `mechcheck compare` read a baseline like any report.json. The shipped `ci`
-baseline is about 30 KB (`tests/test_baseline.py` keeps it under 100 KB).
+baseline is about 65 KB (`tests/test_compare.py` keeps it under 100 KB).
 
 `mechcheck baseline update` writes it from a finished run, and rewrites the README's outcome table between the
 markers below, so no number in the README is copied by hand (a test keeps the two in sync).
@@ -86,14 +86,21 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3f}" if abs(x) < 100 else f"{x:.4g}"
 
 
-def _check_cell(check) -> str:
-    from mechcheck.report.console import format_check_label, format_threshold
+def _short(text: str, limit: int = 160) -> str:
+    """`text` on one line, cut at a word boundary (never inside a number or a name), "…" marking the cut."""
+    text = " ".join(text.split()).replace("|", "\\|")
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
 
-    label = format_check_label(check, 60).replace("|", "\\|")
+
+def _check_cell(check, label: str) -> str:
+    from mechcheck.report.console import format_threshold
+
     if check.effect is None:
-        got = check.message.replace("|", "\\|")[:120] if check.message else "no estimate"
+        got = _short(check.message) if check.message else "no estimate"
     elif check.effect.insufficient:
-        got = f"{_fmt(check.effect.estimate)}, no interval"
+        got = f"{_fmt(check.effect.estimate)}, no interval: {_short(check.effect.insufficient.split(' (')[0], 100)}"
     else:
         got = f"{_fmt(check.effect.estimate)} [{_fmt(check.effect.lo)}, {_fmt(check.effect.hi)}]"
     threshold = format_threshold(check)
@@ -102,15 +109,16 @@ def _check_cell(check) -> str:
 
 def readme_table(baseline: RunReport) -> str:
     """The README's outcome table: a row per claim, its outcome, and each check's effect against its threshold."""
-    seeds = sorted({len(c.seeds) for c in baseline.claims if c.seeds})
+    from mechcheck.report.console import check_labels
+
     lines = [f"Measured by `mechcheck run claims/ --profile {baseline.profile}` (run `{baseline.baseline_of}`, "
-             f"git `{(baseline.git_sha or 'unknown')[:12]}`, {', '.join(map(str, seeds)) or '?'} seeds per claim; "
-             f"stored in `reports/baselines/{baseline.profile}.json`).", "",
-             "| claim | outcome | checks: effect [95 % CI] vs threshold |", "|---|---|---|"]
+             f"git `{(baseline.git_sha or 'unknown')[:12]}`; stored in `reports/baselines/{baseline.profile}.json`).",
+             "", "| claim | seeds | outcome | checks: effect [95 % CI] vs threshold |", "|---|---|---|---|"]
     for claim in baseline.claims:
-        cells = [_check_cell(c) for c in claim.checks] or [claim.reason.replace("|", "\\|")[:160]]
-        notes = "".join(f"<br>note: {n}" for n in claim.notes)
-        lines.append(f"| `{claim.id}` | **{claim.outcome}** | {'<br>'.join(cells)}{notes} |")
+        labels = [label.replace("\n", " ") for label in check_labels(claim.checks)] if claim.checks else []
+        cells = [_check_cell(c, label) for c, label in zip(claim.checks, labels)] or [_short(claim.reason)]
+        notes = "".join(f"<br>note: {_short(n, 300)}" for n in claim.notes)
+        lines.append(f"| `{claim.id}` | {len(claim.seeds)} | **{claim.outcome}** | {'<br>'.join(cells)}{notes} |")
     return "\n".join(lines)
 
 

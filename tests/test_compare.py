@@ -123,7 +123,7 @@ def test_readme_table_round_trip(tmp_path):
     assert update_readme(readme, base)
     assert readme_section(readme) == readme_table(base)
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("after\n")
-    assert "`c.one` | **passed**" in readme_table(base)
+    assert "| `c.one` | 3 | **passed** |" in readme_table(base)
 
 
 def test_junit_tree_one_case_per_check():
