@@ -19,9 +19,23 @@ $(BIN)/python:
 
 # torch first, pinned to the CPU build that lies on this machine's disk: a bare `torch` requirement would pull
 # a multi-GB CUDA build. pyproject.toml keeps the range loose (torch>=2.4) for users elsewhere.
+# pip's output (hundreds of lines) goes to $(LOG); the terminal gets one line per step and a summary, or on a
+# failure the log's last lines and its path.
+LOG    := $(VENV)/install.log
+PIP_FAILED = { echo "make install: pip failed; the last 40 lines of $(LOG):"; tail -n 40 $(LOG); \
+	echo "make install: full log in $(LOG)"; exit 1; }
+
 $(STAMP): pyproject.toml | $(BIN)/python
-	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[dev]'
+	@echo "make install: installing into $(VENV) (pip's output goes to $(LOG))"; : > $(LOG); \
+	if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+		echo "  torch==2.13.0 (CPU build) ..."; \
+		$(BIN)/python -m pip install torch==2.13.0 >> $(LOG) 2>&1 || $(PIP_FAILED); \
+	fi; \
+	echo "  mechcheck[dev] (editable) ..."; \
+	$(BIN)/python -m pip install -e '.[dev]' >> $(LOG) 2>&1 || $(PIP_FAILED); \
+	n=$$(sed -n 's/^Successfully installed //p' $(LOG) | wc -w); \
+	echo "  done: $$n package(s) installed or upgraded; $$($(BIN)/python -c "from importlib.metadata import \
+	version as v; print('torch', v('torch'), '| mechcheck', v('mechcheck'))")"
 	@touch $(STAMP)
 
 # A claim that does not replicate is a finding, not a broken run: exit 1 ("some claim did not pass") is

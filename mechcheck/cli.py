@@ -1,4 +1,4 @@
-"""The `mechcheck` command: run | validate | ls | compare | baseline | export.
+"""The `mechcheck` command: run | validate | ls | compare | baseline | export | schema | new.
 
 Exit codes: 0 every claim passed; 1 at least one claim did not pass (failed, inconclusive or skipped) and none
 ended as error; 3 at least one claim ended as error (the harness or the set-up broke: a missing checkpoint,
@@ -142,6 +142,22 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--cache-dir", type=Path, default=None, help="model cache (default $MECHCHECK_CACHE_DIR or "
                      "~/.cache/mechcheck)")
     exp.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
+
+    # authoring aids (mechcheck.authoring): the JSON Schema for editors, and claim skeletons
+    sch = _sub(sub, "schema", "print the JSON Schema of claim and fixture files (for YAML editors)",
+               "mechcheck schema -o mechcheck.schema.json", exit_codes="exit codes:\n  0    written")
+    sch.add_argument("--kind", choices=("claim", "model", "task", "all"), default="all",
+                     help="which files it describes (all: claims and fixtures, told apart by recipe / generator)")
+    sch.add_argument("-o", "--output", type=Path, default=None, help="write it to this file instead of stdout")
+    new = _sub(sub, "new", "write a commented claim skeleton for an experiment",
+               "mechcheck new claims/mine/late_heads.yaml --experiment head_ablation",
+               exit_codes="exit codes:\n  0    written\n  2    unknown experiment, or the file exists (use --force)")
+    new.add_argument("path", type=Path, help="the claim file to write")
+    new.add_argument("--experiment", required=True, help="a registered experiment (`mechcheck ls` lists them)")
+    new.add_argument("--force", action="store_true", help="overwrite an existing file")
+    new.add_argument("--fixtures-dir", type=Path, default=None,
+                     help="fixtures to name (default: the nearest fixtures/ above PATH)")
+    new.add_argument("--schema", default=None, help="path or URL of the schema file, written as the editor modeline")
     return p
 
 
@@ -438,12 +454,43 @@ def _cmd_ls(args) -> int:
     return 0
 
 
+def _cmd_schema(args) -> int:
+    import json
+
+    from mechcheck.authoring import json_schema
+
+    text = json.dumps(json_schema(args.kind), indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output} ({args.kind} files)")
+    return 0
+
+
+def _cmd_new(args) -> int:
+    from mechcheck.authoring import skeleton
+    from mechcheck.skeleton import claim_id_for
+    from mechcheck.spec import find_fixtures_dir
+
+    if args.path.exists() and not args.force:
+        raise SpecError(f"{args.path} exists; pass --force to overwrite it", file="<command line>")
+    fixtures = args.fixtures_dir or find_fixtures_dir(args.path.absolute().parent)
+    text = skeleton(args.experiment, fixtures, claim_id_for(args.path), schema=args.schema)
+    args.path.parent.mkdir(parents=True, exist_ok=True)
+    args.path.write_text(text, encoding="utf-8")
+    print(f"wrote {args.path} (experiment {args.experiment}; fixtures: {fixtures or 'none found, placeholders'})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mechcheck` console script."""
     args = _parser().parse_args(argv)
     try:
         return {"run": _cmd_run, "validate": _cmd_validate, "ls": _cmd_ls, "compare": _cmd_compare,
-                "baseline": _cmd_baseline, "export": _cmd_export}[args.command](args)
+                "baseline": _cmd_baseline, "export": _cmd_export, "schema": _cmd_schema,
+                "new": _cmd_new}[args.command](args)
     except (SpecErrors, SpecError) as exc:
         _print_errors(exc)
         return 2

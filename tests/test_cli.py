@@ -479,7 +479,7 @@ def test_selection_defaults_help_and_version(claim_tree, tmp_path):
     assert got["none"].returncode == 2 and "no claims found that match" in got["none"].stderr, show(got["none"])
     assert got["bad"].returncode == 2 and "-k" in got["bad"].stderr, show(got["bad"])
     assert got["version"].returncode == 0 and got["version"].stdout.startswith("mechcheck "), show(got["version"])
-    for sub in ("run", "validate", "ls", "compare", "baseline", "export"):
+    for sub in ("run", "validate", "ls", "compare", "baseline", "export", "schema", "new"):
         r = cli([sub, "--help"], root, cache)
         assert r.returncode == 0 and "exit codes:" in r.stdout and "example:" in r.stdout, show(r)
     assert "(default: ci)" in cli(["run", "--help"], root, cache).stdout

@@ -22,9 +22,9 @@ def check_label(d: CheckDiff) -> str:
     """`claim expect[i] name(args)` — the arguments that tell two checks of one claim apart, model first."""
     if d.index < 0:
         return f"{d.claim} (claim)"
-    from mechcheck.report.console import format_check_label
+    from mechcheck.report.console import check_labels
 
-    return f"{d.claim} [{d.index}] " + format_check_label(CheckResult(d.name, d.args, ""), 70)
+    return f"{d.claim} [{d.index}] " + check_labels([CheckResult(d.name, d.args, "")])[0]
 
 
 def _outcomes(d: CheckDiff) -> str:
