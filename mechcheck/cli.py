@@ -244,6 +244,8 @@ def _cmd_run(args) -> int:
         style = outcome_style(result.outcome)
         line = f"  [{style}]{result.outcome:>12}[/]  {result.id}  ({result.durations.get('total', 0):.0f} s)"
         (progress.progress.console if progress.live else console).print(line)
+        for note in result.notes:
+            progress._say(f"  {'':>12}  note: {note}")
         if result.outcome in ("error", "skipped") and result.reason:
             # the table cuts reasons to 80 chars (and shows none for a check's error): print it whole, once
             progress._say(f"  {'':>12}  {result.reason}")

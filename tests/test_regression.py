@@ -133,6 +133,19 @@ def test_broken_checkpoint_fails_the_gate_naming_the_check(claim_tree, tmp_path)
 
 
 @pytest.mark.slow
+def test_one_checkpoint_for_a_recipe_says_so(claim_tree, tmp_path, known_answer_dir):
+    """A 3-seed recipe overridden by one checkpoint: one replicate, checkpoint scope, and a note in the report."""
+    root, cache = _project(tmp_path / "proj"), tmp_path / "cache"
+    r = cli(["run", "--report-dir", "r", "--workers", "1", "--override", f"copier={known_answer_dir}"], root, cache)
+    assert r.returncode == 0, show(r)
+    assert "no longer cover seed-to-seed variation" in r.stderr, show(r)
+    run, report = the_report(root / "r")
+    claim = report.claims[0]
+    assert len(claim.models) == 1 and claim.checks[1].effect.scope == "checkpoint" and claim.notes
+    assert "no longer cover seed-to-seed variation" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_bad_overrides(claim_tree, tmp_path):
     claim_tree("claims/known.yaml", KNOWN_HEAD_PASSES)
     root, cache = claim_tree.root, tmp_path / "cache"

@@ -52,3 +52,25 @@ def test_every_lin_claim_has_a_paper_profile():
     assert len(claims) >= 7
     for claim in claims:
         assert "paper" in claim.profiles, claim.id
+
+
+def test_format_doc_examples_name_fixtures_that_exist(tmp_path):
+    """Every claim example in docs/claim-format.md validates against the shipped fixtures, and every fixture
+    example's file name is a shipped fixture: a newcomer can copy them."""
+    import re
+
+    from mechcheck.spec import list_fixtures, load_claims
+
+    doc = (REPO / "docs" / "claim-format.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    claims = [b for b in blocks if re.search(r"^id: ", b, re.M) and "expect:" in b]  # whole claims, not snippets
+    assert claims
+    for i, text in enumerate(claims):
+        path = tmp_path / f"example{i}.yaml"
+        path.write_text(text)
+        load_claims([path], fixtures_dir=REPO / "fixtures")  # raises on any problem
+    shipped = list_fixtures(REPO / "fixtures")
+    named = re.findall(r"^# fixtures/(models|tasks)/([\w.-]+)\.yaml", doc, re.M)
+    assert named
+    for kind, name in named:
+        assert name in shipped[kind], f"docs/claim-format.md shows fixtures/{kind}/{name}.yaml, which is not shipped"

@@ -169,6 +169,7 @@ def _claim_section(claim: ClaimResult) -> list[str]:
         facts.append(exp_line)
     if claim.durations:
         facts.append("- time: " + ", ".join(f"{k} {format_seconds(v)}" for k, v in claim.durations.items()))
+    facts += [f"- **note**: {note}" for note in claim.notes]
     lines += facts + [""]
 
     if claim.checks:
