@@ -12,17 +12,31 @@ Construction (GPT-2, 1 layer, 2 heads, d_model 16, d_head 8, untied unembedding)
 - MLP: output weights zero; unembedding: logit(A) = +10 * dim 4, logit(B) = -10 * dim 4.
 At the last position head 0 contributes (sign of the source) / T to dim 4, so the model is always right; zero-
 ablating head 0 leaves dim 4 at 0, the two logits tie, and every answer is wrong (ties count as wrong).
+As a circuit (`mechcheck.interventions.Circuit`), ``{"copy": ("last", [(0, 0)])}`` is exactly faithful (1.0):
+at the last position head 0 keeps its output, and nothing else reaches the answer; keeping only head 1
+leaves head 0 at its mean everywhere, and every prompt gets the answer of the mean source sign (chance).
+
+`relay_model` adds a second layer, so that the answer flows through a path of two heads:
+- layer 0 is the model above (head 0 writes the source sign / (position + 1) into residual dim 4 at every
+  position; head 1 writes nothing);
+- layer 1: W_Q = W_K = 0 again; both heads' first value dimension reads dim 4 (through ln_1, which keeps its
+  sign), and only head 0 writes, into dim 5; the unembedding reads dim 5 (logit(A) = +2 * dim 5, logit(B) =
+  -2 * dim 5, small enough that the correct token's probability is not saturated).
+So the answer is L0H0 (at every position) -> L1H0's values -> L1H0 at the last position -> logits: the circuit
+``{"mover": ("last", [(1, 0)]), "copy": ("all", [(0, 0)])}`` is exactly faithful, path patching into L1H0's
+value input finds L0H0 as the only sender that matters, and heads 1 of both layers carry nothing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["single_head_copy_model", "save_single_head_copy_model"]
+__all__ = ["single_head_copy_model", "save_single_head_copy_model", "relay_model"]
 
 
-def single_head_copy_model(length: int = 6):
-    """The GPT-2 described above, for the `copy_first` task of the given prompt length."""
+def single_head_copy_model(length: int = 6, n_layer: int = 1):
+    """The GPT-2 described above, for the `copy_first` task of the given prompt length (`n_layer` > 1: layer 0
+    as described, the other layers empty, for `relay_model` to fill)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -32,7 +46,7 @@ def single_head_copy_model(length: int = 6):
     vocab = task.vocab
     d, n_head = 16, 2
     d_head = d // n_head
-    cfg = GPT2Config(vocab_size=len(vocab), n_positions=length + 2, n_embd=d, n_layer=1, n_head=n_head,
+    cfg = GPT2Config(vocab_size=len(vocab), n_positions=length + 2, n_embd=d, n_layer=n_layer, n_head=n_head,
                      tie_word_embeddings=False, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                      bos_token_id=0, eos_token_id=0)
     cfg._attn_implementation = "eager"
@@ -40,7 +54,8 @@ def single_head_copy_model(length: int = 6):
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-        for ln in (model.transformer.h[0].ln_1, model.transformer.h[0].ln_2, model.transformer.ln_f):
+        blocks = model.transformer.h
+        for ln in [model.transformer.ln_f, *(b.ln_1 for b in blocks), *(b.ln_2 for b in blocks)]:
             ln.weight.fill_(1.0)
         wte = model.transformer.wte.weight
         for word, i in vocab.ids.items():
@@ -59,6 +74,28 @@ def single_head_copy_model(length: int = 6):
         lm_head[vocab.ids["A"], 4] = 10.0
         lm_head[vocab.ids["B"], 4] = -10.0
     cfg.architectures = ["GPT2LMHeadModel"]
+    return model.eval()
+
+
+def relay_model(length: int = 6):
+    """The two-layer GPT-2 described above (L0H0 -> L1H0 by value), for the `copy_first` task."""
+    import torch
+
+    from mechcheck.tasks.toy import make_copy_first
+
+    model = single_head_copy_model(length, n_layer=2)
+    vocab = make_copy_first(length).vocab
+    d, n_head = model.config.n_embd, model.config.n_head
+    d_head = d // n_head
+    with torch.no_grad():
+        c_attn = model.transformer.h[1].attn.c_attn.weight  # (d, 3d) = [q | k | v]
+        for head in range(n_head):
+            c_attn[4, 2 * d + head * d_head] = 1.0  # both heads' first value dim reads dim 4
+        model.transformer.h[1].attn.c_proj.weight[0 * d_head + 0, 5] = 1.0  # only head 0 writes, into dim 5
+        lm_head = model.lm_head.weight
+        lm_head.zero_()
+        lm_head[vocab.ids["A"], 5] = 2.0
+        lm_head[vocab.ids["B"], 5] = -2.0
     return model.eval()
 
 

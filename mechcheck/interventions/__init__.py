@@ -7,21 +7,33 @@ them to a block of code and always removes them. On top of that:
 - `Ablate`, `Patch`, `Mask`, `Read`: interventions as plain objects (zero / mean / resample ablation with a
   reference set, activation and cross-model patching from per-example sources, fixed or learnable masks,
   capture at the answer position, every position, or a position-specific mean with padding left out);
+  `At(pos)` is one position per example, and `Put` writes given values there;
 - `run(model, batch, interventions, read=sites)`: one batched entry point returning per-example arrays;
 - `ablation_sweep`: exact ablation (or activation patching) of many heads or head sets, each run only from its
-  lowest layer up, from the clean run's kept block inputs.
+  lowest layer up, from the clean run's kept block inputs;
+- `Circuit`, `keep_only`, `faithfulness`, `random_circuits`: groups of heads at per-example positions, the
+  model with only them left (every other head output at its position-specific mean), and its null;
+- `cmap`: cross-model activation patching of a circuit's head outputs (or q / k / v inputs);
+- `path_patching`: a sender head's effect on receiver heads' q / k / v inputs, all other heads frozen.
 
 The model's weights are never changed: interventions live in hooks, outside the module's parameters.
 """
 
-from mechcheck.interventions.edits import Ablate, Mask, Patch, Read, Reference
+from mechcheck.interventions.circuits import (
+    Circuit, Faithfulness, Group, KeepOnly, circuit_accuracy, circuit_reference, faithfulness, keep_only,
+    positions_of, random_circuits,
+)
+from mechcheck.interventions.cmap import cmap, cmap_edits
+from mechcheck.interventions.edits import Ablate, At, Mask, Patch, Put, Read, Reference
+from mechcheck.interventions.paths import PathResult, path_patching
 from mechcheck.interventions.hooks import Forward, HookPoint, hooks
 from mechcheck.interventions.run import RunOutput, forward, reference, run, valid_positions
 from mechcheck.interventions.sites import Site, adapter_for, shape_of_config
 from mechcheck.interventions.sweep import Job, SweepResult, ablation_sweep
 
 __all__ = [
-    "Ablate", "Forward", "HookPoint", "Job", "Mask", "Patch", "Read", "Reference", "RunOutput", "Site",
-    "SweepResult", "ablation_sweep", "adapter_for", "forward", "hooks", "reference", "run", "shape_of_config",
-    "valid_positions",
+    "Ablate", "At", "Circuit", "Faithfulness", "Forward", "Group", "HookPoint", "Job", "KeepOnly", "Mask", "Patch",
+    "PathResult", "Put", "Read", "Reference", "RunOutput", "Site", "SweepResult", "ablation_sweep", "adapter_for",
+    "circuit_accuracy", "circuit_reference", "cmap", "cmap_edits", "faithfulness", "forward", "hooks", "keep_only",
+    "path_patching", "positions_of", "random_circuits", "reference", "run", "shape_of_config", "valid_positions",
 ]

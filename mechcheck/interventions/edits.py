@@ -2,7 +2,9 @@
 
 Each intervention names a site, the units along the site's component axis (heads for ``hook_z``, neurons for
 ``mlp.hook_post``, dimensions of the residual stream; None: all of them) and the positions it applies to:
-``"all"``, ``"answer"`` (each example's answer position) or a tuple of absolute positions.
+``"all"``, ``"answer"`` (each example's answer position), a tuple of absolute positions, or ``At(pos)``: one
+position per example, from an (n,) array aligned with the batch (a token that sits at a different place in
+each prompt, e.g. a queried label).
 
   Ablate  replace by 0 (zero), by the position-specific mean over a reference set (mean; padding left out of
           the mean), or by another reference example's activation (resample)
@@ -10,8 +12,10 @@ Each intervention names a site, the units along the site's component axis (heads
           (activation patching) or another model on the same input (cross-model patching)
   Mask    mix: ``m * activation + (1 - m) * source`` with per-unit weights m (fixed, or a torch Parameter to
           learn, e.g. DCM or pruning masks); the source defaults to 0. The model's own weights are never touched.
-  Read    capture a site: at the answer position (n, ...), at every position (n, T, ...), or its
-          position-specific mean over the batch (T, ...) with padding left out
+  Put     replace `units` at one position per example (`At`) by given values (n, len(units), ...): a patch
+          that needs only what it writes (path patching's receivers, cross-model patching of a few heads)
+  Read    capture a site: at the answer position (n, ...), at one position per example (`At`), at every
+          position (n, T, ...), or its position-specific mean over the batch (T, ...) with padding left out
 
 Shapes: ``hook_z`` is (B, T, H, d_head); residual sites and ``attn.o.hook_out`` are (B, T, d_model);
 ``mlp.hook_post`` is (B, T, d_mlp). The component axis is always axis 2.
@@ -27,17 +31,41 @@ import numpy as np
 from mechcheck.interventions.hooks import HookPoint
 from mechcheck.interventions.sites import READ_ONLY, Site
 
-__all__ = ["Ablate", "Patch", "Mask", "Read", "Reference", "Positions"]
+__all__ = ["Ablate", "At", "Patch", "Put", "Mask", "Read", "Reference", "Positions"]
 
-Positions = Any  # "all" | "answer" | tuple[int, ...]
+Positions = Any  # "all" | "answer" | tuple[int, ...] | At
+
+
+@dataclass(frozen=True, eq=False)
+class At:
+    """One position per example: example i of the batch at position ``pos[i]`` (pos: (n,) ints >= 0)."""
+
+    pos: Any
+
+    def __post_init__(self) -> None:
+        pos = np.asarray(self.pos)
+        if pos.ndim != 1 or (pos.size and (not np.issubdtype(pos.dtype, np.integer) or pos.min() < 0)):
+            raise ValueError(f"At needs one position >= 0 per example, an (n,) integer array; got shape "
+                             f"{pos.shape} of {pos.dtype}")
+        object.__setattr__(self, "pos", pos.astype(np.int64))
+
+    def rows(self, point: HookPoint, T: int):
+        """(B,) the positions of the examples of the forward pass in progress, checked against its length T."""
+        import torch
+
+        pos = torch.as_tensor(self.pos)[point.forward.rows.cpu()]
+        if pos.numel() and int(pos.max()) >= T:
+            raise ValueError(f"{point.name}: position {int(pos.max())} is beyond the prompt length {T}")
+        return pos
 
 
 def _check_positions(positions: Positions) -> Positions:
-    if positions in ("all", "answer"):
+    if isinstance(positions, At) or (isinstance(positions, str) and positions in ("all", "answer")):
         return positions
     if isinstance(positions, (list, tuple)) and positions and all(isinstance(p, int) and p >= 0 for p in positions):
         return tuple(positions)
-    raise ValueError(f"positions must be 'all', 'answer' or a tuple of positions >= 0, got {positions!r}")
+    raise ValueError(f"positions must be 'all', 'answer', a tuple of positions >= 0 or At(per-example positions), "
+                     f"got {positions!r}")
 
 
 def _writable(site: Site) -> Site:
@@ -84,8 +112,9 @@ def _assign(act, units, positions: Positions, point: HookPoint, value, per_examp
             out[:, :, u] = v if scalar else v[:, :, u] if per_example else v[:, u]
         return out
     rows = torch.arange(B, device=act.device)
-    if positions == "answer":
-        pos = point.forward.answer_pos.to(act.device)  # (B,)
+    if isinstance(positions, At) or positions == "answer":
+        pos = positions.rows(point, T) if isinstance(positions, At) else point.forward.answer_pos
+        pos = pos.to(act.device)  # (B,)
         v = value if scalar else value[rows, pos] if per_example else value[pos]  # (B, U, ...)
         if u is None:
             out[rows, pos] = v
@@ -195,6 +224,46 @@ class Patch:
 
 
 @dataclass(frozen=True)
+class Put:
+    """Replace `units` of `site` at one position per example (`at`) by `values`: (n, len(units), ...) aligned
+    with the batch (``units=None``: every unit, (n, U, ...)). Unlike `Patch`, the source holds only what is
+    written, so patching a few heads of a big model at one token stores a few vectors per example."""
+
+    site: Site | str
+    values: Any
+    at: At
+    units: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "site", _writable(Site.parse(self.site)))
+        if not isinstance(self.at, At):
+            raise ValueError(f"Put.at must be At(per-example positions), got {self.at!r}")
+        if self.units is not None:
+            object.__setattr__(self, "units", tuple(int(u) for u in self.units))
+
+    def hook(self):
+        import torch
+
+        values = _as_tensor(self.values)
+
+        def fn(act, point: HookPoint):
+            B, T = act.shape[:2]
+            src = values[point.forward.rows.cpu()].to(act.device, act.dtype)  # (B, U', ...)
+            units = range(act.shape[2]) if self.units is None else self.units
+            if src.shape[1:] != (len(units), *act.shape[3:]):
+                raise ValueError(f"{point.name}: Put values have shape {tuple(src.shape[1:])} per example, expected "
+                                 f"{(len(units), *act.shape[3:])} (one row per unit)")
+            pos = self.at.rows(point, T).to(act.device)
+            rows = torch.arange(B, device=act.device)
+            u = torch.as_tensor(list(units), dtype=torch.long, device=act.device)
+            out = act.clone()
+            out[rows[:, None], pos[:, None], u[None, :]] = src
+            return out
+
+        return fn
+
+
+@dataclass(frozen=True)
 class Mask:
     """``m * activation + (1 - m) * source`` with per-unit weights `weights` (U,) along the component axis.
 
@@ -228,17 +297,18 @@ class Mask:
 
 @dataclass(frozen=True)
 class Read:
-    """Capture `site`: at the answer position (n, ...), at every position (n, T, ...), or ``reduce="mean"``:
-    the position-specific mean over the batch (T, ...), padding left out."""
+    """Capture `site`: at the answer position (n, ...), at one position per example (``at=At(pos)``: (n, ...)),
+    at every position (n, T, ...), or ``reduce="mean"``: the position-specific mean over the batch (T, ...),
+    padding left out."""
 
     site: Site | str
-    at: str = "answer"
+    at: str | At = "answer"
     reduce: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "site", Site.parse(self.site))
-        if self.at not in ("answer", "all"):
-            raise ValueError(f"Read.at must be 'answer' or 'all', got {self.at!r}")
+        if not isinstance(self.at, At) and self.at not in ("answer", "all"):
+            raise ValueError(f"Read.at must be 'answer', 'all' or At(per-example positions), got {self.at!r}")
         if self.reduce not in (None, "mean"):
             raise ValueError(f"Read.reduce must be None or 'mean', got {self.reduce!r}")
         if self.reduce == "mean" and self.at != "all":

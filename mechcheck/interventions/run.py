@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mechcheck.interventions.edits import Read, Reference
+from mechcheck.interventions.edits import At, Read, Reference
 from mechcheck.interventions.hooks import hooks
 from mechcheck.interventions.sites import Site
 from mechcheck.metrics import METRICS, candidate_metrics
@@ -87,9 +87,11 @@ class _Reader:
             c = v.sum(0).double()  # (T,)
             self.total = s if self.total is None else self.total + s
             self.count = c if self.count is None else self.count + c
-        elif self.spec.at == "answer":
+        elif isinstance(self.spec.at, At) or self.spec.at == "answer":
             rows = torch.arange(a.shape[0], device=a.device)
-            pos = point.forward.answer_pos.to(a.device)
+            T = a.shape[2] if self.spec.site.kind == "pattern" else a.shape[1]
+            pos = self.spec.at.rows(point, T) if isinstance(self.spec.at, At) else point.forward.answer_pos
+            pos = pos.to(a.device)
             # a pattern (B, H, Tq, Tk) is read at the answer position as the query: (B, H, Tk)
             picked = a[rows, :, pos] if self.spec.site.kind == "pattern" else a[rows, pos]
             self.parts.append(picked.float().cpu().numpy())
