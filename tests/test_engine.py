@@ -248,9 +248,14 @@ def test_a_killed_run_resumes_and_ends_with_the_bits_of_an_uninterrupted_run(lon
 @pytest.mark.slow
 def test_interrupt_marks_unfinished_claims_and_exits_130(long_project, tmp_path):
     cache = tmp_path / "cache"
+    # ten times the steps of the other tests: the interrupt must land while a model trains, and on a loaded
+    # machine 600 steps were over before a poll saw the first saved state
+    fixture = long_project / "fixtures/models/long-cdm.yaml"
+    fixture.write_text(fixture.read_text().replace("steps: 600", "steps: 6000"))
     proc = _cli(long_project, cache, "--workers", "1", MECHCHECK_CHECKPOINT_EVERY="0.05")
     deadline = time.time() + 300
     while time.time() < deadline and not any((cache / "partial").glob("*/step-*")):
+        assert proc.poll() is None, "the run ended before any training state was saved"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
