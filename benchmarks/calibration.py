@@ -713,9 +713,65 @@ def _efficiency_rows() -> list[Row]:
     return rows
 
 
+def _circuit_rows() -> list[Row]:
+    """Circuit checks on `faithfulness` units: per replicate, the clean model's 0/1 correctness m, the circuit's c
+    (correct only where the model is, with probability rho: faithfulness rho), and random circuits' (draws, n)."""
+    rows = []
+
+    def faith(R, scope, p_model, rho, value):
+        def make(rng, sim):
+            m = bernoulli_crossed(rng, R, N, p_model, 0.04, 0.1, scope)
+            rhos = np.clip(rho + _seed_shift(rng, R, scope, 0.03), 0.0, 1.0)
+            c = m * (rng.random((R, N)) < rhos[:, None])
+            reps = [{"faithfulness/model": m[i], "faithfulness/circuit": c[i],
+                     "faithfulness/random": np.zeros((2, N))} for i in range(R)]
+            return (_meas("circuit_faithfulness", {"circuit": {}}, {"m": _role(reps, scope)}, sim, n_candidates=7),
+                    {"model": "m", "value": value})
+        return make
+
+    def beats(R, scope, p_than, diff):
+        def make(rng, sim):
+            b = _uniform(rng, 0.1, N)  # example difficulty, shared by both models
+            c = bernoulli_crossed(rng, R, N, p_than + diff, 0.04, 0.1, scope, example=b)
+            m = bernoulli_crossed(rng, 1, N, p_than, 0.0, 0.1, "checkpoint", example=b)
+            ft = [{"faithfulness/model": c[i], "faithfulness/circuit": c[i], "faithfulness/random": np.zeros((2, N))}
+                  for i in range(R)]
+            base = [{"faithfulness/model": m[0], "faithfulness/circuit": m[0], "faithfulness/random": np.zeros((2, N))}]
+            return (_meas("circuit_faithfulness", {"circuit": {}}, {"ft": _role(ft, scope),
+                                                                    "base": _role(base, "checkpoint")}, sim,
+                          n_candidates=7), {"model": "ft", "than": "base", "by": 0.0})
+        return make
+
+    def random_below(R, scope, mu, value, draws=20):
+        def make(rng, sim):
+            per_draw = np.clip(mu + rng.normal(0.0, 0.05, draws), 0.0, 1.0)
+            reps = []
+            for _ in range(R):
+                r = (rng.random((draws, N)) < per_draw[:, None]).astype(np.float64)
+                reps.append({"faithfulness/model": np.ones(N), "faithfulness/circuit": np.ones(N) * 0.9,
+                             "faithfulness/random": r})
+            return (_meas("circuit_faithfulness", {"circuit": {}}, {"m": _role(reps, scope)}, sim, n_candidates=7),
+                    {"model": "m", "value": value})
+        return make
+
+    for R, scope in LAYOUTS:
+        if scope == "recipe" and R == 1:
+            continue
+        for planted, rho in (("at_threshold", 0.9), ("null", 0.8), ("above", 0.97)):
+            rows.append(Row("faithfulness_at_least", "model 0.7, seed>ex", R, planted, faith(R, scope, 0.7, rho, 0.9),
+                            scope, rho, 0.9))
+        for planted, diff in (("at_threshold", 0.0), ("null", -0.05), ("above", 0.12)):
+            rows.append(Row("circuit_beats_model", "recipe vs one checkpoint", R, planted, beats(R, scope, 0.66, diff),
+                            scope, diff, 0.0))
+        for planted, mu in (("at_threshold", 0.3), ("null", 0.35), ("above", 0.14)):
+            rows.append(Row("random_circuits_below", "20 draws, sd 0.05 between draws", R, planted,
+                            random_below(R, scope, mu, 0.3), scope, mu, 0.3))
+    return rows
+
+
 def all_rows() -> list[Row]:
     rows = (_accuracy_rows() + _effect_rows() + _higher_rows() + _attention_rows() + _top_heads_rows() + _centroid_rows()
-            + _decoding_rows() + _geometry_rows() + _efficiency_rows())
+            + _decoding_rows() + _geometry_rows() + _efficiency_rows() + _circuit_rows())
     missing = set(CHECKS.names()) - {r.check for r in rows}
     if missing:
         raise RuntimeError(f"checks without calibration rows: {sorted(missing)}")
@@ -745,6 +801,10 @@ QUICK = (
     ("decoding_above_null", "4 layers, Holm", 1, "checkpoint", "null"),
     ("top_heads_in_layers", "tied heads at exactly 0, 16 heads", 3, "recipe", "null"),
     ("layer_centroid_higher", "noisier but identical, 16 heads", 3, "recipe", "null"),
+    ("faithfulness_at_least", "model 0.7, seed>ex", 3, "recipe", "at_threshold"),
+    ("faithfulness_at_least", "model 0.7, seed>ex", 1, "checkpoint", "at_threshold"),
+    ("circuit_beats_model", "recipe vs one checkpoint", 3, "recipe", "at_threshold"),
+    ("random_circuits_below", "20 draws, sd 0.05 between draws", 1, "checkpoint", "at_threshold"),
 )
 
 

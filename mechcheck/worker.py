@@ -129,7 +129,7 @@ class Worker:
             batch = unit.data.batch() if unit.data is not None else None
             t0 = time.perf_counter()
             ctx = UnitContext(models, batch, unit.arguments, deps, self._progress(key, unit.label),
-                              self.build.device)
+                              self.build.device, unit.data)
             result = UNITS.get(unit.kind).func(ctx)
             result.meta.setdefault("seconds", round(time.perf_counter() - t0, 3))
             # which bits were measured: a unit found later for the same model key but other weights (a cache
@@ -151,6 +151,8 @@ class UnitContext:
     deps: list[UnitResult]
     progress: Callable[..., None]
     device: str = "cpu"
+    #: the unit's `DataRef` (task spec, n, split, seed), for units that draw more data of the same task
+    data: Any = None
 
     @property
     def model(self):

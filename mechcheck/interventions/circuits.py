@@ -258,11 +258,12 @@ def _ratio(a: float, b: float) -> float:
 
 
 def faithfulness(model, circuit: Circuit, batch, reference: Reference, *, positions: Mapping[str, Any] | None = None,
-                 n_random: int = 0, seed: int = 0, batch_size: int = 500) -> Faithfulness:
-    """F(circuit) / F(model) on `batch`, means from `reference`, and `n_random` random circuits as the null."""
+                 n_random: int = 0, seed: int = 0, batch_size: int = 500, avoid: Iterable[Head] = ()) -> Faithfulness:
+    """F(circuit) / F(model) on `batch`, means from `reference`, and `n_random` random circuits as the null
+    (drawn from every head but `avoid`)."""
     clean = run(model, batch, batch_size=batch_size).metrics["accuracy"]
     kept = circuit_accuracy(model, circuit, batch, reference, positions=positions, batch_size=batch_size)
-    draws = random_circuits(circuit, model.n_layers, model.n_heads, n_random, seed)
+    draws = random_circuits(circuit, model.n_layers, model.n_heads, n_random, seed, avoid=avoid)
     rand = [circuit_accuracy(model, c, batch, reference, positions=positions, batch_size=batch_size)
             .metrics["accuracy"] for c in draws]
     return Faithfulness(clean, kept.metrics["accuracy"],

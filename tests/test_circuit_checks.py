@@ -1,0 +1,104 @@
+"""Circuit claims (`circuit_faithfulness` and its checks): known answers through the CLI, and the checks on
+synthetic measurements."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import write
+from test_cli import cli, no_traceback, show, the_report
+
+from mechcheck.checks import CheckContext, run_check
+from mechcheck.measurements import Measurements, RoleData
+from mechcheck.registry import CHECKS, EXPERIMENTS
+
+CIRCUIT_CLAIM = """
+    id: known.circuit
+    statement: L0H0 at the last position is the whole circuit of the known-answer model
+    models: {{m: one-head}}
+    data: {{task: copy6, n: 200}}
+    experiment:
+      circuit_faithfulness:
+        circuit: {{mover: {{position: last, heads: [{head}]}}}}
+        n_random: 20
+        random_excludes_circuit: true
+        n_reference: 100
+    expect:
+      - faithfulness_at_least: {{model: m, value: 0.95}}
+      - random_circuits_below: {{model: m, value: 0.9}}
+"""
+
+
+@pytest.mark.slow
+def test_known_answer_circuit_is_faithful_and_its_complement_is_not(claim_tree, tmp_path):
+    claim_tree("claims/right.yaml", CIRCUIT_CLAIM.format(head="[0, 0]"))
+    claim_tree("claims/wrong.yaml", CIRCUIT_CLAIM.format(head="[0, 1]").replace("known.circuit", "known.complement"))
+    r = cli(["run", "--report-dir", "r", "--workers", "1"], claim_tree.root, tmp_path / "cache")
+    no_traceback(r)
+    assert r.returncode == 1, show(r)
+    _, report = the_report(claim_tree.root / "r")
+    right, wrong = {c.id: c for c in report.claims}["known.circuit"], {c.id: c for c in report.claims}["known.complement"]
+    assert right.outcome == "passed", right
+    faith = right.checks[0].effect
+    assert faith.estimate == 1.0 and faith.scope == "checkpoint"
+    # random single heads other than L0H0 leave only chance: the share of 'B' answers the tie-breaking gives
+    assert right.checks[1].effect.estimate == pytest.approx(wrong.checks[0].details["circuit_accuracy"])
+    assert wrong.checks[0].outcome == "failed" and wrong.checks[0].effect.hi < 0.95
+    assert right.experiment["models"]["m"]["circuit_accuracy"] == [1.0]
+
+
+def test_a_circuit_head_beyond_the_model_is_an_error(claim_tree, tmp_path):
+    claim_tree("claims/bad.yaml", CIRCUIT_CLAIM.format(head="[0, 5]"))
+    r = cli(["run", "--report-dir", "r", "--workers", "1"], claim_tree.root, tmp_path / "cache")
+    assert r.returncode == 3 and "does not exist" in r.stdout + r.stderr, show(r)
+
+
+def _meas(models, circuits, scope="recipe"):
+    R, n = len(models), models[0].size
+    data = RoleData("synthetic", "scratch" if scope == "recipe" else "load", scope, 2, 2, list(range(R)),
+                    [f"k{i}" for i in range(R)],
+                    [{"faithfulness/model": m, "faithfulness/circuit": c, "faithfulness/random": np.zeros((3, n))}
+                     for m, c in zip(models, circuits)], [{} for _ in range(R)], [{} for _ in range(R)])
+    args = EXPERIMENTS.get("circuit_faithfulness").with_defaults({"circuit": {}})
+    return Measurements("circuit_faithfulness", args, {"m": data}, n, 7)
+
+
+def _judge(meas, name, **args):
+    ctx = CheckContext(meas, claim_file="c.yaml")
+    return run_check(ctx, name, CHECKS.get(name).with_defaults(args))
+
+
+@pytest.mark.parametrize("value", [0.7, 0.8, 0.85, 0.9, 0.95])
+def test_faithfulness_interval_agrees_with_the_verdict(value):
+    rng = np.random.default_rng(3)
+    models = [(rng.random(300) < 0.7).astype(float) for _ in range(3)]
+    circuits = [m * (rng.random(300) < 0.85) for m in models]
+    got = _judge(_meas(models, circuits), "faithfulness_at_least", model="m", value=value)
+    est = got.effect
+    assert est.lo < est.estimate < est.hi
+    assert (got.outcome == "passed") == (est.lo > value) and (got.outcome == "failed") == (est.hi < value)
+
+
+def test_one_replicate_of_a_recipe_is_inconclusive_and_a_checkpoint_is_not():
+    m = np.ones(200)
+    c = np.r_[np.ones(190), np.zeros(10)]
+    assert _judge(_meas([m], [c]), "faithfulness_at_least", model="m", value=0.9).outcome == "inconclusive"
+    assert _judge(_meas([m], [c], "checkpoint"), "faithfulness_at_least", model="m", value=0.9).outcome == "passed"
+
+
+def test_random_circuits_below_needs_enough_draws_to_beat_them():
+    n = 200
+    rng = np.random.default_rng(0)
+    rand = (rng.random((20, n)) < 0.2).astype(float)
+    data = RoleData("synthetic", "load", "checkpoint", 2, 2, [0], ["k"],
+                    [{"faithfulness/model": np.ones(n), "faithfulness/circuit": np.ones(n), "faithfulness/random": rand}],
+                    [{}], [{}])
+    meas = Measurements("circuit_faithfulness", EXPERIMENTS.get("circuit_faithfulness").with_defaults(
+        {"circuit": {}}), {"m": data}, n, 7)
+    got = _judge(meas, "random_circuits_below", model="m", value=0.5)
+    assert got.outcome == "passed" and got.details["empirical_p"] == pytest.approx(1 / 21)
+    few = Measurements(meas.experiment, meas.args, {"m": RoleData(
+        "synthetic", "load", "checkpoint", 2, 2, [0], ["k"], [{**data.replicates[0], "faithfulness/random": rand[:5]}],
+        [{}], [{}])}, n, 7)
+    got = _judge(few, "random_circuits_below", model="m", value=0.5)
+    assert got.outcome == "inconclusive" and "cannot give p" in got.message
