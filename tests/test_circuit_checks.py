@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write
+
 from test_cli import cli, no_traceback, show, the_report
 
 from mechcheck.checks import CheckContext, run_check

@@ -126,7 +126,6 @@ def random_circuits_below(ctx: CheckContext, model: str, value: float, alpha: fl
     """Random circuits with the circuit's groups, positions and sizes score below `value` (the upper end of the
     interval of their mean accuracy over draws), and the circuit beats them: empirical p = (1 + #draws at least as
     accurate as the circuit) / (draws + 1) < `alpha` (so `alpha` 0.05 needs at least 20 draws)."""
-    data = ctx.role(model)
     rand, circ = _arrays(ctx, model, "random"), _arrays(ctx, model, "circuit")
     draws = rand[0].shape[0] if rand else 0
     if draws < 2:
