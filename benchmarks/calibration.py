@@ -754,9 +754,28 @@ def _circuit_rows() -> list[Row]:
                     {"model": "m", "value": value})
         return make
 
+    def recovers(R, scope, frac, value, direction):
+        def make(rng, sim):
+            ex = _uniform(rng, 0.1, N)
+            b = bernoulli_crossed(rng, 1, N, 0.6, 0.0, 0.1, "checkpoint", example=ex)[0]  # one base checkpoint
+            shift = _seed_shift(rng, R, scope, 0.03)
+            src = bernoulli_crossed(rng, R, N, 0.8, 0.0, 0.1, scope, shift=shift, example=ex)
+            pat = bernoulli_crossed(rng, R, N, 0.6 + frac * 0.2, 0.0, 0.1, scope, shift=shift * frac, example=ex)
+            reps = [{"cmap/base": b, "cmap/source": src[i], "cmap/group/g": pat[i]} for i in range(R)]
+            return (_meas("cross_model_patching", {"source": "ft", "into": "base", "groups": {}},
+                          {"ft": _role(reps, scope)}, sim, n_candidates=7),
+                    {"model": "ft", "group": "g", "value": value})
+        return make
+
     for R, scope in LAYOUTS:
         if scope == "recipe" and R == 1:
             continue
+        for planted, frac in (("at_threshold", 0.8), ("null", 0.5), ("above", 1.0)):
+            rows.append(Row("cmap_recovers_at_least", "base 0.6, source 0.8", R, planted,
+                            recovers(R, scope, frac, 0.8, ">="), scope, frac, 0.8))
+        for planted, frac in (("at_threshold", 0.5), ("null", 0.8), ("above", 0.0)):
+            rows.append(Row("cmap_recovers_at_most", "base 0.6, source 0.8", R, planted,
+                            recovers(R, scope, frac, 0.5, "<="), scope, frac, 0.5))
         for planted, rho in (("at_threshold", 0.9), ("null", 0.8), ("above", 0.97)):
             rows.append(Row("faithfulness_at_least", "model 0.7, seed>ex", R, planted, faith(R, scope, 0.7, rho, 0.9),
                             scope, rho, 0.9))
@@ -805,6 +824,8 @@ QUICK = (
     ("faithfulness_at_least", "model 0.7, seed>ex", 1, "checkpoint", "at_threshold"),
     ("circuit_beats_model", "recipe vs one checkpoint", 3, "recipe", "at_threshold"),
     ("random_circuits_below", "20 draws, sd 0.05 between draws", 1, "checkpoint", "at_threshold"),
+    ("cmap_recovers_at_least", "base 0.6, source 0.8", 3, "recipe", "at_threshold"),
+    ("cmap_recovers_at_most", "base 0.6, source 0.8", 1, "checkpoint", "at_threshold"),
 )
 
 

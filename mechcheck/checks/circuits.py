@@ -23,7 +23,8 @@ from mechcheck.checks.behaviour import scope_note
 from mechcheck.registry import CHECKS, Param
 from mechcheck.results import CheckResult, Estimate
 
-__all__ = ["faithfulness_at_least", "circuit_beats_model", "random_circuits_below"]
+__all__ = ["faithfulness_at_least", "circuit_beats_model", "random_circuits_below", "cmap_recovers_at_least",
+           "cmap_recovers_at_most"]
 
 _EXP = ("circuit_faithfulness",)
 
@@ -151,3 +152,67 @@ def random_circuits_below(ctx: CheckContext, model: str, value: float, alpha: fl
                        f"({circuit_acc:.3f}) beats them with empirical p = {p:.3f} (needs < {alpha}){possible}",
                        est, value, "<=", {"label": "the circuit", "estimate": circuit_acc},
                        {"empirical_p": p, "draws": draws, "circuit_accuracy": circuit_acc})
+
+
+# ------------------------------------------------------------------------------------ cross-model patching
+
+_CMAP = ("cross_model_patching",)
+
+
+def _recovered(ctx: CheckContext, model: str, group: str, value: float, direction: str) -> CheckResult:
+    name = f"cmap_recovers_at_{'least' if direction == '>=' else 'most'}"
+    data = ctx.role(model)
+    if f"cmap/group/{group}" not in data.replicates[0]:
+        have = sorted(k.split("/", 2)[2] for k in data.replicates[0] if k.startswith("cmap/group/"))
+        raise ctx.error(f"no group {group!r} was patched (the experiment's groups: {', '.join(have)})")
+    base, source = data.values("cmap/base"), data.values("cmap/source")
+    patched = data.values(f"cmap/group/{group}")
+    num = [p - b for p, b in zip(patched, base)]
+    den = [s - b for s, b in zip(source, base)]
+    gap = float(np.mean([d.mean() for d in den]))
+    gain = float(np.mean([x.mean() for x in num]))
+    probe = stats.mean_estimate(den, data.scope, ctx.level)
+    facts = {"base_accuracy": float(np.mean([b.mean() for b in base])),
+             "source_accuracy": float(np.mean([s.mean() for s in source])),
+             "patched_accuracy": float(np.mean([p.mean() for p in patched])), "gap": gap}
+    if probe.insufficient or not probe.lo > 0:
+        why = probe.insufficient or (f"the source is not reliably more accurate than the base (gap {probe}): "
+                                     "there is no gap to recover")
+        est = stats.insufficient(why, gain / gap if gap else math.nan, probe.n, probe.n_seeds, data.scope)
+        outcome = "inconclusive"
+    else:
+        lo, hi = _ratio_interval(num, den, data.scope, ctx.level)
+        est = Estimate(gain / gap, lo, hi, probe.n, probe.n_seeds, ctx.level, "share of the accuracy gap recovered; "
+                       "interval by inverting the test of mean(patched - base - v * (source - base)) > 0",
+                       scope=data.scope)
+        test = stats.mean_estimate([x - value * d for x, d in zip(num, den)], data.scope, ctx.level)
+        outcome = stats.judge(test, 0.0, direction)
+    bound = "needs > " if direction == ">=" else "needs < "
+    return CheckResult(name, {}, outcome,
+                       f"patching group '{group}' of '{model}' into '{ctx.meas.args.get('into')}' recovers {est} of "
+                       f"the accuracy gap (base {facts['base_accuracy']:.3f}, patched {facts['patched_accuracy']:.3f}, "
+                       f"source {facts['source_accuracy']:.3f}; {bound}{value}){scope_note(est)}", est, value,
+                       direction, {"label": "base accuracy", "estimate": facts["base_accuracy"]}, facts)
+
+
+_CMAP_PARAMS = (
+    Param("model", "model", required=True, doc="the source role of the experiment (whose heads are patched in)"),
+    Param("group", "str", required=True, doc="one of the experiment's groups"),
+)
+
+
+@CHECKS.register("cmap_recovers_at_least", params=(
+    *_CMAP_PARAMS, Param("value", "float", required=True, doc="share of the base-to-source accuracy gap (0..1)"),
+), experiments=_CMAP)
+def cmap_recovers_at_least(ctx: CheckContext, model: str, group: str, value: float) -> CheckResult:
+    """Patching `group` from the source model into the base recovers more than `value` of their accuracy gap:
+    (patched - base) / (source - base) > value, all on the same examples."""
+    return _recovered(ctx, model, group, value, ">=")
+
+
+@CHECKS.register("cmap_recovers_at_most", params=(
+    *_CMAP_PARAMS, Param("value", "float", required=True, doc="share of the base-to-source accuracy gap (0..1)"),
+), experiments=_CMAP)
+def cmap_recovers_at_most(ctx: CheckContext, model: str, group: str, value: float) -> CheckResult:
+    """Patching `group` alone recovers less than `value` of the gap (the group does not carry the improvement)."""
+    return _recovered(ctx, model, group, value, "<=")

@@ -24,7 +24,7 @@ from mechcheck.experiments import Plan, PlanContext
 from mechcheck.measurements import Measurements, UnitResult
 from mechcheck.registry import EXPERIMENTS, TASKS, UNITS, Param
 
-__all__ = ["circuit_faithfulness", "faithfulness_unit", "reference_batch"]
+__all__ = ["circuit_faithfulness", "faithfulness_unit", "reference_batch", "cross_model_patching", "cmap_unit"]
 
 #: the reference set is drawn with the eval seed plus this, so it never coincides with the eval examples' draw
 REFERENCE_SEED_OFFSET = 7919
@@ -99,3 +99,64 @@ def circuit_faithfulness(ctx: PlanContext, circuit: dict, n_random: int = 20, ra
         "faithfulness", (ref,), circuit=normalised, n_random=n_random, random_excludes_circuit=random_excludes_circuit,
         n_reference=n_reference, seed=ctx.seed,
         batch_size=batch_size)})
+
+
+# ------------------------------------------------------------------------------------ cross-model patching
+
+@UNITS.register("cmap", version="1", doc="accuracy of a base model with groups of heads patched from a source model")
+def cmap_unit(ctx) -> UnitResult:
+    """Models: (base, source), the same architecture. Per group: the base's per-example accuracy with that group's
+    head outputs (at the group's position) taken from the source on the same inputs; plus both clean accuracies."""
+    from mechcheck.interventions import Circuit, cmap, run
+
+    base, source = ctx.models
+    a = ctx.args
+    arrays = {"base": run(base, ctx.batch, batch_size=a["batch_size"]).metrics["accuracy"],
+              "source": run(source, ctx.batch, batch_size=a["batch_size"]).metrics["accuracy"]}
+    for name, group in a["groups"].items():
+        one = Circuit.from_dict({name: group})
+        arrays[f"group/{name}"] = cmap(base, source, ctx.batch, one, site=a["site"],
+                                       batch_size=a["batch_size"]).metrics["accuracy"]
+    return UnitResult({k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()})
+
+
+def _cmap_summary(meas: Measurements) -> dict[str, Any]:
+    role = meas.args["source"]
+    data = meas.roles[role]
+    out = {"base": [float(v.mean()) for v in data.values("cmap/base")],
+           "source": [float(v.mean()) for v in data.values("cmap/source")],
+           "groups": {g: [float(v.mean()) for v in data.values(f"cmap/group/{g}")] for g in meas.args["groups"]}}
+    return {"name": "cross_model_patching", "args": dict(meas.args), "n": meas.n, "into": meas.args["into"],
+            "from": role, "accuracy": out}
+
+
+@EXPERIMENTS.register("cross_model_patching", params=(
+    Param("source", "model", required=True, doc="role whose head activations are patched in (the fine-tuned model)"),
+    Param("into", "model", required=True, doc="role that runs with them (the base model)"),
+    Param("groups", "mapping", required=True,
+          doc="groups patched one at a time: name -> {position, heads: [[layer, head], ...]} (a circuit's groups)"),
+    Param("site", "choice", default="z", choices=("z", "q", "k", "v"),
+          doc="z: the heads' outputs; q / k / v: their query, key or value inputs"),
+    Param("batch_size", "int", default=250, min=1, doc="examples per forward pass"),
+), summary=_cmap_summary)
+def cross_model_patching(ctx: PlanContext, source: str, into: str, groups: dict, site: str = "z",
+                         batch_size: int = 250) -> Plan:
+    """Base model `into` run on the eval data with each group's heads patched from model `source` (CMAP): one unit
+    per replicate of `source` (each patched into the first replicate of `into`, a fixed base checkpoint)."""
+    from mechcheck.interventions import Circuit
+
+    for name in (source, into):
+        if name not in ctx.roles:
+            raise ValueError(f"cross_model_patching: no role {name!r} in the claim's models ({', '.join(ctx.roles)})")
+    if ctx.shapes[source] != ctx.shapes[into]:
+        raise ValueError(f"cross_model_patching: '{source}' has {ctx.shapes[source]} (layers, heads) and '{into}' "
+                         f"{ctx.shapes[into]}: CMAP needs two models of one architecture")
+    normalised = {}
+    for name, group in groups.items():
+        one = Circuit.from_dict({name: group})
+        one.check(*ctx.shapes[into])
+        normalised.update(one.to_dict())
+    base = ctx.roles[into][0]
+    units = [{"cmap": ctx.unit("cmap", (base, ref), groups=normalised, site=site, batch_size=batch_size)}
+             for ref in ctx.roles[source]]
+    return {source: units}  # stored under the source role: its replicates are what the claim is about
