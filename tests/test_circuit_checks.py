@@ -102,3 +102,34 @@ def test_random_circuits_below_needs_enough_draws_to_beat_them():
         [{}], [{}])}, n, 7)
     got = _judge(few, "random_circuits_below", model="m", value=0.5)
     assert got.outcome == "inconclusive" and "cannot give p" in got.message
+
+
+DISCOVERED = """
+    id: known.discovered
+    statement: the circuit path patching finds in the known-answer model is faithful
+    models: {m: one-head}
+    data: {task: copy6, n: 200}
+    experiment:
+      circuit_faithfulness:
+        discover: {model: m, steps: {mover: {position: last, k: 2}}, n: 50}
+        n_random: 20
+        random_excludes_circuit: true
+        n_reference: 100
+    expect:
+      - faithfulness_at_least: {model: m, value: 0.95}
+"""
+
+
+@pytest.mark.slow
+def test_a_discovered_circuit_is_judged_like_a_given_one(claim_tree, tmp_path):
+    claim_tree("claims/d.yaml", DISCOVERED)
+    claim_tree("claims/both.yaml", DISCOVERED.replace("known.discovered", "known.both").replace(
+        "discover: {model: m, steps: {mover: {position: last, k: 2}}, n: 50}",
+        "discover: {model: m, steps: {mover: {position: last, k: 2}}, n: 50}\n        circuit: {}"))
+    r = cli(["run", "claims/d.yaml", "--report-dir", "r", "--workers", "1"], claim_tree.root, tmp_path / "cache")
+    assert r.returncode == 0, show(r)
+    _, report = the_report(claim_tree.root / "r")
+    # only L0H0 hurts when corrupted: k=2 still takes one head
+    assert report.claims[0].experiment["circuit"] == {"mover": {"heads": [[0, 0]], "position": "last"}}
+    r = cli(["run", "claims/both.yaml", "--report-dir", "r2", "--workers", "1"], claim_tree.root, tmp_path / "cache")
+    assert r.returncode == 3 and "exactly one of 'circuit'" in r.stdout + r.stderr, show(r)

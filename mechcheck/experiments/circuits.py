@@ -24,7 +24,7 @@ from mechcheck.experiments import Plan, PlanContext
 from mechcheck.measurements import Measurements, UnitResult
 from mechcheck.registry import EXPERIMENTS, TASKS, UNITS, Param
 
-__all__ = ["circuit_faithfulness", "faithfulness_unit", "reference_batch", "cross_model_patching", "cmap_unit"]
+__all__ = ["circuit_faithfulness", "faithfulness_unit", "discovery_unit", "reference_batch", "cross_model_patching", "cmap_unit"]
 
 #: the reference set is drawn with the eval seed plus this, so it never coincides with the eval examples' draw
 REFERENCE_SEED_OFFSET = 7919
@@ -32,13 +32,14 @@ REFERENCE_SEED_OFFSET = 7919
 
 def reference_batch(data, n: int):
     """`n` prompts of `data`'s task for position-specific means: the generator's own reference set if it
-    registers one (``meta["reference"](task, n, split, seed)``), else a fresh draw with another seed."""
+    registers one (``meta["reference"](args, n, seed, split)``), else a fresh draw with another seed."""
     from mechcheck.recipes import make_task
 
-    task = make_task(data.task)
     seed = data.seed + REFERENCE_SEED_OFFSET
     make = TASKS.get(data.task.generator).meta.get("reference")
-    return make(task, n, data.split, seed) if make else task.sample(n, data.split, seed)
+    if make:
+        return make(dict(data.task.args), n, seed, data.split)
+    return make_task(data.task).sample(n, data.split, seed)
 
 
 @UNITS.register("faithfulness", version="1",
@@ -48,13 +49,50 @@ def faithfulness_unit(ctx) -> UnitResult:
     from mechcheck.interventions import faithfulness as measure
 
     a = ctx.args
-    circuit = Circuit.from_dict(a["circuit"])
+    circuit = Circuit.from_dict(a["circuit"] if a["circuit"] is not None else ctx.deps[0].meta["circuit"])
     ref = circuit_reference(ctx.model, reference_batch(ctx.data, a["n_reference"]), batch_size=a["batch_size"])
     got = measure(ctx.model, circuit, ctx.batch, ref, n_random=a["n_random"], seed=a["seed"],
                   batch_size=a["batch_size"], avoid=circuit.heads if a["random_excludes_circuit"] else ())
     return UnitResult({"model": got.model.astype(np.float64), "circuit": got.circuit.astype(np.float64),
                        "random": got.random.astype(np.float64)},
-                      {"random_circuits": [c.to_dict() for c in got.random_circuits]})
+                      {"random_circuits": [c.to_dict() for c in got.random_circuits], "circuit": circuit.to_dict()})
+
+
+@UNITS.register("discovery", version="1", doc="a circuit found by iterative path patching on counterfactual prompts")
+def discovery_unit(ctx) -> UnitResult:
+    from mechcheck.interventions import discover_circuit
+    from mechcheck.interventions.discovery import steps_from
+
+    a = ctx.args
+    make = TASKS.get(ctx.data.task.generator).meta.get("counterfactual")
+    if make is None:
+        raise ValueError(f"task generator '{ctx.data.task.generator}' defines no counterfactual prompts: circuit "
+                         "discovery by path patching needs them")
+    clean, corrupt, corrupt_positions = make(dict(ctx.data.task.args), a["n"], ctx.data.seed + 104729, ctx.data.split)
+    steps = steps_from([{"name": k, **v} for k, v in a["steps"].items()])
+    got = discover_circuit(ctx.model, clean, corrupt, steps, corrupt_positions=corrupt_positions,
+                           over=a["over"], batch_size=a["batch_size"])
+    return UnitResult(got.to_arrays(), {"circuit": got.circuit.to_dict(), "forward_passes": got.forward_passes,
+                                        "senders": [list(h) for h in got.senders]})
+
+
+def _discovery(ctx: PlanContext, discover: dict, batch_size: int):
+    """The discovery unit that `discover: {model, steps, n, over}` asks for (on the first replicate of `model`)."""
+    from mechcheck.interventions.discovery import steps_from
+
+    unknown = set(discover) - {"model", "steps", "n", "over"}
+    if unknown or "model" not in discover or "steps" not in discover:
+        raise ValueError("experiment argument 'discover' is {model: ROLE, steps: {group: {position, k, into, via}}, "
+                         f"n: prompts, over: vocab | candidates}}; got keys {sorted(discover)}")
+    on = discover["model"]
+    if on not in ctx.roles:
+        raise ValueError(f"discover.model: no role {on!r} in the claim's models ({', '.join(ctx.roles)})")
+    steps = discover["steps"]
+    if not isinstance(steps, dict):
+        raise ValueError("discover.steps is a mapping: group -> {position, k, into, via}, in discovery order")
+    steps_from([{"name": k, **v} for k, v in steps.items()])  # validated now, before anything runs
+    return ctx.unit("discovery", (ctx.roles[on][0],), steps=steps, n=int(discover.get("n", 100)),
+                    over=discover.get("over", "vocab"), batch_size=batch_size)
 
 
 def _circuit_arg(value: Any) -> dict[str, Any]:
@@ -72,32 +110,47 @@ def _summary(meas: Measurements) -> dict[str, Any]:
         rand = [v.mean(axis=1).tolist() for v in data.values("faithfulness/random")]
         out["models"][role] = {"fixture": data.fixture, "model_accuracy": model, "circuit_accuracy": circ,
                                "random_accuracy": rand}
+        meta = data.meta[0].get("faithfulness", {}) if data.meta else {}
+        if "circuit" in meta:
+            out["circuit"] = meta["circuit"]
     return out
 
 
 @EXPERIMENTS.register("circuit_faithfulness", params=(
-    Param("circuit", "mapping", required=True,
+    Param("circuit", "mapping",
           doc="groups -> {position: last | query_label | prev_label | all | <label>, heads: [[layer, head], ...]}"),
+    Param("discover", "mapping",
+          doc="instead of `circuit`: {model: ROLE, steps: {group: {position, k, into, via}}, n: 100} — found "
+              "by iterative path patching on the first replicate of ROLE"),
     Param("n_random", "int", default=20, min=0, doc="random circuits of the same shape (the null; >= 20 for p < 0.05)"),
     Param("random_excludes_circuit", "bool", default=False,
           doc="draw random circuits from the heads outside the circuit (default: from all heads, as the paper)"),
     Param("n_reference", "int", default=500, min=2, doc="reference prompts for the position-specific means"),
     Param("batch_size", "int", default=250, min=1, doc="examples per forward pass"),
 ), summary=_summary)
-def circuit_faithfulness(ctx: PlanContext, circuit: dict, n_random: int = 20, random_excludes_circuit: bool = False,
-                         n_reference: int = 500, batch_size: int = 250) -> Plan:
-    """Accuracy of every model with only `circuit` left, against the clean model and random circuits."""
-    try:
-        normalised = _circuit_arg(circuit)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ValueError(f"experiment argument 'circuit': {exc}") from exc
-    for role, (L, H) in ctx.shapes.items():
-        from mechcheck.interventions import Circuit
+def circuit_faithfulness(ctx: PlanContext, circuit: dict | None = None, discover: dict | None = None,
+                         n_random: int = 20, random_excludes_circuit: bool = False, n_reference: int = 500,
+                         batch_size: int = 250) -> Plan:
+    """Accuracy of every model with only the circuit left (given, or discovered on one role), against the clean
+    model and random circuits of its shape."""
+    from mechcheck.interventions import Circuit
 
-        Circuit.from_dict(normalised).check(L, H)
+    if (circuit is None) == (discover is None):
+        raise ValueError("circuit_faithfulness needs exactly one of 'circuit' (the heads) or 'discover' (find them)")
+    deps: tuple = ()
+    normalised = None
+    if circuit is not None:
+        try:
+            normalised = _circuit_arg(circuit)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"experiment argument 'circuit': {exc}") from exc
+        for role, (L, H) in ctx.shapes.items():
+            Circuit.from_dict(normalised).check(L, H)
+    else:
+        deps = (_discovery(ctx, discover, batch_size),)
     return ctx.per_replicate(lambda role, i, ref: {"faithfulness": ctx.unit(
-        "faithfulness", (ref,), circuit=normalised, n_random=n_random, random_excludes_circuit=random_excludes_circuit,
-        n_reference=n_reference, seed=ctx.seed,
+        "faithfulness", (ref,), deps, circuit=normalised, n_random=n_random,
+        random_excludes_circuit=random_excludes_circuit, n_reference=n_reference, seed=ctx.seed,
         batch_size=batch_size)})
 
 

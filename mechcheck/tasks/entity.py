@@ -244,6 +244,28 @@ _SHARED = (
 )
 
 
+def _mean_reference(args, n: int, seed: int, split: str = "eval"):
+    """The reference set for position-specific means (query label randomised): `entity_pairs.mean_reference`."""
+    from mechcheck.tasks.entity_pairs import mean_reference
+
+    return mean_reference(args, n, seed, split)
+
+
+def _counterfactual(args, n: int, seed: int, split: str = "eval"):
+    """Path-patching pairs (`entity_pairs.counterfactual`): (clean, corrupt, corrupt positions). The noise prompt's
+    query letter is random, so its "previous occurrence of the query label" is a random label position of it."""
+    import numpy as np
+
+    from mechcheck.tasks.entity_pairs import counterfactual
+
+    pairs = counterfactual(args, n, seed, split)
+    rng = np.random.default_rng([seed, 0x5EED])
+    labels = pairs.source.groups["labels"]
+    prev = np.array([rng.choice(np.flatnonzero(row[: int(q)])) for row, q in
+                     zip(labels, pairs.source.labels["query_label_pos"])])
+    return pairs.base, pairs.source, {"prev_label": prev}
+
+
 @TASKS.register(
     "entity_tracking",
     params=(*_SHARED,
@@ -251,6 +273,8 @@ _SHARED = (
     version=VERSION,
     token_groups=TOKEN_GROUPS,
     labels=LABELS,
+    reference=_mean_reference,
+    counterfactual=_counterfactual,
 )
 def make_entity_tracking(n_boxes: int = 7, min_boxes: int | None = None, max_boxes: int | None = None,
                          n_labels: int = 26, eval_fraction: float = 0.2, train_queries: int = 1,

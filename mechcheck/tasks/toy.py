@@ -23,12 +23,25 @@ N_FILLERS = 4
 TOKEN_GROUPS = ("source", "filler", "answer")
 
 
+def _copy_counterfactual(args, n: int, seed: int, split: str = "eval"):
+    """Path-patching pairs for copy_first: each prompt and the same prompt with the source token swapped (the
+    other answer); (clean, corrupt, corrupt positions)."""
+    clean = make_copy_first(**args).sample(n, split, seed)
+    corrupt = clean.subset(np.arange(n))
+    a, b = clean.candidates
+    corrupt.tokens = corrupt.tokens.copy()
+    corrupt.tokens[:, 0] = np.where(clean.tokens[:, 0] == a, b, a)
+    corrupt.target = 1 - clean.target
+    return clean, corrupt, None
+
+
 @TASKS.register(
     "copy_first",
     params=(Param("length", "int", default=6, min=3, max=64, doc="prompt length in tokens"),),
     version=VERSION,
     token_groups=TOKEN_GROUPS,
     labels=("source",),
+    counterfactual=_copy_counterfactual,
 )
 def make_copy_first(length: int = 6) -> Task:
     """Copy the first token to the answer position (a known-answer task for harness tests)."""
