@@ -186,10 +186,14 @@ def skeleton(experiment: str, fixtures_dir: Path | None = None, claim_id: str = 
         raise SpecError(f"unknown experiment '{experiment}'", file="<command line>", field_path="--experiment",
                         allowed=tuple(names), suggestion=nearest(experiment, names))
     entry = EXPERIMENTS.get(experiment)
-    exp_args = {p.name: p.default if p.default is not None else _example(p, "", {}, _Task(None, TASKS.names()[0]))
-                for p in entry.params if p.required or p.default is not None}
+    # an experiment's own role arguments (cross_model_patching's source / into) name the first roles, in order
+    exp_roles = iter(_ROLES)
+    exp_args = {p.name: p.default if p.default is not None else _example(
+        p, next(exp_roles) if p.kind == "model" else "", {}, _Task(None, TASKS.names()[0]))
+        for p in entry.params if p.required or p.default is not None}
     task, checks, fixtures = _plan(entry, exp_args, fixtures_dir)
-    n_roles = max(n for _, _, n in checks) if checks else 1
+    n_exp_roles = sum(1 for p in entry.params if p.kind == "model" and p.name in exp_args)
+    n_roles = max([n for _, _, n in checks] + [1, n_exp_roles])
     roles = _ROLES[:max(n_roles, 1)]
     models = {r: (fixtures[i] if i < len(fixtures) else _MODEL_PLACEHOLDER) for i, r in enumerate(roles)}
 
