@@ -788,9 +788,48 @@ def _circuit_rows() -> list[Row]:
     return rows
 
 
+def _dcm_rows() -> list[Row]:
+    """Desiderata-patching checks: per replicate, 0/1 per held-out pair (the model followed the desideratum)."""
+    rows = []
+
+    def bound(R, scope, mu, value):
+        def make(rng, sim):
+            y = bernoulli_crossed(rng, R, N, mu, 0.04, 0.1, scope)
+            reps = [{"dcm/acc/g/d": y[i]} for i in range(R)]
+            return (_meas("desiderata_patching", {"circuit": {}}, {"m": _role(reps, scope)}, sim, n_candidates=7),
+                    {"model": "m", "group": "g", "desideratum": "d", "value": value})
+        return make
+
+    def higher(R, scope, diff):
+        def make(rng, sim):
+            ex = _uniform(rng, 0.1, N)
+            a = bernoulli_crossed(rng, R, N, 0.5 + diff, 0.04, 0.1, scope, example=ex)
+            b = bernoulli_crossed(rng, 1, N, 0.5, 0.0, 0.1, "checkpoint", example=ex)
+            roles = {"ft": _role([{"dcm/acc/g/d": a[i]} for i in range(R)], scope),
+                     "base": _role([{"dcm/acc/g/d": b[0]}], "checkpoint")}
+            return (_meas("desiderata_patching", {"circuit": {}}, roles, sim, n_candidates=7),
+                    {"model": "ft", "than": "base", "group": "g", "desideratum": "d"})
+        return make
+
+    for R, scope in LAYOUTS:
+        if scope == "recipe" and R == 1:
+            continue
+        for planted, mu in (("at_threshold", 0.45), ("null", 0.35), ("above", 0.55)):
+            rows.append(Row("patching_accuracy_at_least", "seed>ex", R, planted, bound(R, scope, mu, 0.45), scope,
+                            mu, 0.45))
+        for planted, mu in (("at_threshold", 0.2), ("null", 0.3), ("above", 0.1)):
+            rows.append(Row("patching_accuracy_at_most", "seed>ex", R, planted, bound(R, scope, mu, 0.2), scope,
+                            mu, 0.2))
+        for planted, diff in (("at_threshold", 0.0), ("null", -0.05), ("above", 0.15)):
+            rows.append(Row("patching_accuracy_higher", "recipe vs one checkpoint, same pairs", R, planted,
+                            higher(R, scope, diff), scope, diff, 0.0))
+    return rows
+
+
 def all_rows() -> list[Row]:
     rows = (_accuracy_rows() + _effect_rows() + _higher_rows() + _attention_rows() + _top_heads_rows() + _centroid_rows()
-            + _decoding_rows() + _geometry_rows() + _efficiency_rows() + _circuit_rows())
+            + _decoding_rows() + _geometry_rows() + _efficiency_rows() + _circuit_rows()
+            + _dcm_rows())
     missing = set(CHECKS.names()) - {r.check for r in rows}
     if missing:
         raise RuntimeError(f"checks without calibration rows: {sorted(missing)}")
@@ -826,6 +865,8 @@ QUICK = (
     ("random_circuits_below", "20 draws, sd 0.05 between draws", 1, "checkpoint", "at_threshold"),
     ("cmap_recovers_at_least", "base 0.6, source 0.8", 3, "recipe", "at_threshold"),
     ("cmap_recovers_at_most", "base 0.6, source 0.8", 1, "checkpoint", "at_threshold"),
+    ("patching_accuracy_at_least", "seed>ex", 3, "recipe", "at_threshold"),
+    ("patching_accuracy_higher", "recipe vs one checkpoint, same pairs", 3, "recipe", "at_threshold"),
 )
 
 

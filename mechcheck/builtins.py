@@ -7,11 +7,13 @@ anything the built-ins do: a module that registers entries with the same decorat
 import mechcheck.checks.ablation  # noqa: F401
 import mechcheck.checks.behaviour  # noqa: F401
 import mechcheck.checks.circuits  # noqa: F401
+import mechcheck.checks.dcm  # noqa: F401
 import mechcheck.checks.decoding  # noqa: F401
 import mechcheck.checks.efficiency  # noqa: F401
 import mechcheck.checks.geometry  # noqa: F401
 import mechcheck.checks.layers  # noqa: F401
 import mechcheck.experiments.circuits  # noqa: F401
+import mechcheck.experiments.dcm  # noqa: F401
 import mechcheck.experiments.decoding  # noqa: F401
 import mechcheck.experiments.evaluate  # noqa: F401
 import mechcheck.experiments.geometry  # noqa: F401

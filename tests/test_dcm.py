@@ -4,6 +4,7 @@ carries the answer when the desideratum is the source's answer, and nothing when
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from test_circuits import _flipped, copy_task  # noqa: F401 - copy_task is a fixture
 
 from mechcheck.interventions.circuits import Group
@@ -29,3 +30,32 @@ def test_dcm_selects_the_carrying_head(copy_task):  # noqa: F811
     assert keep.selected == [] and keep.val_accuracy == 1.0
     again = train_mask(model, base, source, wants_source, group, last, last, train=train, val=val)
     assert np.array_equal(again.mask, got.mask) and again.history == got.history  # deterministic
+
+
+DCM_CLAIM = """
+    id: known.dcm
+    statement: in the known-answer model only L0H0 carries the answer at the last position
+    models: {m: one-head}
+    data: {task: copy6, n: 200}
+    experiment:
+      desiderata_patching:
+        circuit: {mover: {position: last, heads: [[0, 0], [0, 1]]}}
+        n_pairs: 200
+    expect:
+      - patching_accuracy_at_least: {model: m, group: mover, desideratum: source_answer, value: 0.9}
+      - patching_accuracy_at_most: {model: m, group: mover, desideratum: source_answer, value: 0.5}
+"""
+
+
+@pytest.mark.slow
+def test_desiderata_patching_through_the_cli(claim_tree, tmp_path):
+    from test_cli import cli, show, the_report
+
+    claim_tree("claims/dcm.yaml", DCM_CLAIM)
+    r = cli(["run", "--report-dir", "r", "--workers", "1"], claim_tree.root, tmp_path / "cache")
+    assert r.returncode == 1, show(r)  # the second check is false on purpose
+    _, report = the_report(claim_tree.root / "r")
+    first, second = report.claims[0].checks
+    assert first.outcome == "passed" and second.outcome == "failed"
+    models = report.claims[0].experiment["models"]["m"]
+    assert models["selected"] == {"mover/source_answer": [[0, 0]], "mover/base_answer": []}

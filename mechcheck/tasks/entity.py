@@ -266,6 +266,14 @@ def _counterfactual(args, n: int, seed: int, split: str = "eval"):
     return pairs.base, pairs.source, {"prev_label": prev}
 
 
+def _desiderata(args, kind: str, n: int, seed: int, split: str = "eval"):
+    """DCM pairs (`entity_pairs.desiderata`): (base, source, target index in the candidates)."""
+    from mechcheck.tasks.entity_pairs import desiderata
+
+    pairs = desiderata(args, kind, n, seed, split)
+    return pairs.base, pairs.source, pairs.target_idx
+
+
 @TASKS.register(
     "entity_tracking",
     params=(*_SHARED,
@@ -275,6 +283,8 @@ def _counterfactual(args, n: int, seed: int, split: str = "eval"):
     labels=LABELS,
     reference=_mean_reference,
     counterfactual=_counterfactual,
+    desiderata=_desiderata,
+    desiderata_names=("positional", "object_value", "box_label_value"),
 )
 def make_entity_tracking(n_boxes: int = 7, min_boxes: int | None = None, max_boxes: int | None = None,
                          n_labels: int = 26, eval_fraction: float = 0.2, train_queries: int = 1,

@@ -35,6 +35,16 @@ def _copy_counterfactual(args, n: int, seed: int, split: str = "eval"):
     return clean, corrupt, None
 
 
+def _copy_desiderata(args, kind: str, n: int, seed: int, split: str = "eval"):
+    """DCM pairs for copy_first (known answers): each prompt and its swapped twin; the target is the source's
+    answer (`source_answer`: only the head carrying the answer should be patched) or the base's own
+    (`base_answer`: nothing should be)."""
+    clean, corrupt, _ = _copy_counterfactual(args, n, seed, split)
+    if kind not in ("source_answer", "base_answer"):
+        raise ValueError(f"copy_first: unknown desideratum {kind!r} (allowed: source_answer, base_answer)")
+    return clean, corrupt, (corrupt.target if kind == "source_answer" else clean.target)
+
+
 @TASKS.register(
     "copy_first",
     params=(Param("length", "int", default=6, min=3, max=64, doc="prompt length in tokens"),),
@@ -42,6 +52,8 @@ def _copy_counterfactual(args, n: int, seed: int, split: str = "eval"):
     token_groups=TOKEN_GROUPS,
     labels=("source",),
     counterfactual=_copy_counterfactual,
+    desiderata=_copy_desiderata,
+    desiderata_names=("source_answer", "base_answer"),
 )
 def make_copy_first(length: int = 6) -> Task:
     """Copy the first token to the answer position (a known-answer task for harness tests)."""
