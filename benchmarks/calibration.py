@@ -826,10 +826,37 @@ def _dcm_rows() -> list[Row]:
     return rows
 
 
+def _overlap_rows() -> list[Row]:
+    """circuit_contains: a reference circuit of 10 heads; each replicate's circuit keeps each of them with
+    probability p (the true precision), plus 5 other heads, in a 4 x 8 model."""
+    rows = []
+    ref = [[0, h] for h in range(8)] + [[1, 0], [1, 1]]
+
+    def build(R, scope, p):
+        def make(rng, sim):
+            metas = []
+            for _ in range(R):
+                kept = [h for h in ref if rng.random() < p]
+                metas.append({"discovery": {"circuit": {"g": {"position": "last",
+                                                              "heads": kept + [[3, h] for h in range(5)]}}}})
+            base = [{"discovery": {"circuit": {"g": {"position": "last", "heads": ref}}}}]
+            roles = {"ft": _role([{} for _ in range(R)], scope, 4, 8, metas),
+                     "base": _role([{}], "checkpoint", 4, 8, base)}
+            return (_meas("circuit_overlap", {"steps": {}}, roles, sim, n_candidates=7),
+                    {"model": "ft", "than": "base", "value": 0.6})
+        return make
+
+    for R in (1, 3, 5):
+        for planted, p in (("at_threshold", 0.6), ("null", 0.5), ("above", 0.9)):
+            rows.append(Row("circuit_contains", "10 reference heads, 4 x 8 model", R, planted, build(R, "recipe", p),
+                            "recipe", p, 0.6))
+    return rows
+
+
 def all_rows() -> list[Row]:
     rows = (_accuracy_rows() + _effect_rows() + _higher_rows() + _attention_rows() + _top_heads_rows() + _centroid_rows()
             + _decoding_rows() + _geometry_rows() + _efficiency_rows() + _circuit_rows()
-            + _dcm_rows())
+            + _dcm_rows() + _overlap_rows())
     missing = set(CHECKS.names()) - {r.check for r in rows}
     if missing:
         raise RuntimeError(f"checks without calibration rows: {sorted(missing)}")
@@ -867,6 +894,7 @@ QUICK = (
     ("cmap_recovers_at_most", "base 0.6, source 0.8", 1, "checkpoint", "at_threshold"),
     ("patching_accuracy_at_least", "seed>ex", 3, "recipe", "at_threshold"),
     ("patching_accuracy_higher", "recipe vs one checkpoint, same pairs", 3, "recipe", "at_threshold"),
+    ("circuit_contains", "10 reference heads, 4 x 8 model", 3, "recipe", "at_threshold"),
 )
 
 

@@ -133,3 +133,28 @@ def test_a_discovered_circuit_is_judged_like_a_given_one(claim_tree, tmp_path):
     assert report.claims[0].experiment["circuit"] == {"mover": {"heads": [[0, 0]], "position": "last"}}
     r = cli(["run", "claims/both.yaml", "--report-dir", "r2", "--workers", "1"], claim_tree.root, tmp_path / "cache")
     assert r.returncode == 3 and "exactly one of 'circuit'" in r.stdout + r.stderr, show(r)
+
+
+def _overlap(ft_circuits, base_circuit):
+    metas = [{"discovery": {"circuit": c}} for c in ft_circuits]
+    roles = {"ft": RoleData("synthetic", "finetune", "recipe", 2, 4, list(range(len(metas))),
+                            [f"k{i}" for i in range(len(metas))], [{} for _ in metas], [{} for _ in metas], metas),
+             "base": RoleData("synthetic", "load", "checkpoint", 2, 4, [0], ["b"], [{}], [{}],
+                              [{"discovery": {"circuit": base_circuit}}])}
+    return Measurements("circuit_overlap", EXPERIMENTS.get("circuit_overlap").with_defaults({"steps": {}}), roles,
+                        10, 7)
+
+
+def test_circuit_contains_counts_components_at_their_positions():
+    base = {"a": {"position": "last", "heads": [[0, 0], [1, 1]]}, "b": {"position": "query_label", "heads": [[0, 2]]}}
+    same = [base, base, base]
+    got = _judge(_overlap(same, base), "circuit_contains", model="ft", than="base", value=0.5)
+    assert got.effect.estimate == 1.0 and got.outcome == "passed"
+    # the same head in another group (another position) is another component
+    moved = {"a": {"position": "last", "heads": [[0, 0]]}, "b": {"position": "query_label", "heads": [[1, 1]]}}
+    got = _judge(_overlap([moved] * 3, base), "circuit_contains", model="ft", than="base", value=0.5)
+    assert got.details["precision"] == [1 / 3] * 3 and got.outcome == "failed"
+    got = _judge(_overlap([moved] * 3, base), "circuit_contains", model="ft", than="base", value=0.5, group="a")
+    assert got.details["precision"] == [0.5] * 3
+    one = _judge(_overlap([base], base), "circuit_contains", model="ft", than="base", value=0.5)
+    assert one.outcome == "inconclusive" and "no interval" in one.message

@@ -24,7 +24,7 @@ from mechcheck.registry import CHECKS, Param
 from mechcheck.results import CheckResult, Estimate
 
 __all__ = ["faithfulness_at_least", "circuit_beats_model", "random_circuits_below", "cmap_recovers_at_least",
-           "cmap_recovers_at_most"]
+           "cmap_recovers_at_most", "circuit_contains"]
 
 _EXP = ("circuit_faithfulness",)
 
@@ -216,3 +216,47 @@ def cmap_recovers_at_least(ctx: CheckContext, model: str, group: str, value: flo
 def cmap_recovers_at_most(ctx: CheckContext, model: str, group: str, value: float) -> CheckResult:
     """Patching `group` alone recovers less than `value` of the gap (the group does not carry the improvement)."""
     return _recovered(ctx, model, group, value, "<=")
+
+
+# ---------------------------------------------------------------------------------------------- overlap
+
+def _circuit_of(meta: dict) -> dict:
+    return meta.get("discovery", {}).get("circuit", {})
+
+
+@CHECKS.register("circuit_contains", params=(
+    MODEL, THAN,
+    Param("value", "float", required=True, min=0.0, max=1.0,
+          doc="share of the `than` circuit's heads (at their positions) that `model`'s circuit also has"),
+    Param("group", "str", doc="one group (default: all groups together)"),
+), experiments=("circuit_overlap",))
+def circuit_contains(ctx: CheckContext, model: str, than: str, value: float, group: str | None = None) -> CheckResult:
+    """`model`'s discovered circuit contains more than `value` of the circuit of `than` (its first replicate): the
+    precision |C_than ∩ C_model| / |C_than| of (group, head) components, per replicate of `model`, with a t
+    interval over replicates. Control: the precision a random circuit of `model`'s size would have."""
+    data, other = ctx.role(model), ctx.role(than)
+    reference = _circuit_of(other.meta[0]) if other.meta else {}
+    groups = [group] if group is not None else sorted(reference)
+    for g in groups:
+        if g not in reference:
+            raise ctx.error(f"no group {g!r} in the discovered circuits (groups: {', '.join(sorted(reference))})")
+    ref = {(g, tuple(h)) for g in groups for h in reference[g]["heads"]}
+    if not ref:
+        raise ctx.error(f"the circuit of '{than}' has no heads in {', '.join(groups)}: nothing to contain")
+    total = data.n_layers * data.n_heads
+    precisions, chance = [], []
+    for meta in data.meta:
+        mine = _circuit_of(meta)
+        comps = {(g, tuple(h)) for g in groups for h in mine.get(g, {}).get("heads", [])}
+        precisions.append(len(ref & comps) / len(ref))
+        chance.append(np.mean([len(mine.get(g, {}).get("heads", [])) / total for g in groups]))
+    if len(precisions) == 1:
+        est = stats.insufficient("one discovered circuit has no interval: discovery on one model is one draw of "
+                                 "the prompts (train several seeds of the recipe)", precisions[0], 0, 1, data.scope)
+    else:
+        est = stats.bounded(stats.replicate_estimate(precisions, scope=data.scope, level=ctx.level), 0.0, 1.0)
+    return CheckResult("circuit_contains", {}, stats.judge(est, value, ">="),
+                       f"share of the '{than}' circuit ({len(ref)} components) in the circuit of '{model}' = {est} "
+                       f"(needs > {value}; per replicate {', '.join(f'{p:.2f}' for p in precisions)}){scope_note(est)}",
+                       est, value, ">=", {"label": "a random circuit of the same size", "estimate": float(np.mean(chance))},
+                       {"precision": precisions, "reference_size": len(ref)})

@@ -24,7 +24,8 @@ from mechcheck.experiments import Plan, PlanContext
 from mechcheck.measurements import Measurements, UnitResult
 from mechcheck.registry import EXPERIMENTS, TASKS, UNITS, Param
 
-__all__ = ["circuit_faithfulness", "faithfulness_unit", "discovery_unit", "reference_batch", "cross_model_patching", "cmap_unit"]
+__all__ = ["circuit_faithfulness", "faithfulness_unit", "discovery_unit", "reference_batch", "cross_model_patching", "cmap_unit",
+           "circuit_overlap"]
 
 #: the reference set is drawn with the eval seed plus this, so it never coincides with the eval examples' draw
 REFERENCE_SEED_OFFSET = 7919
@@ -213,3 +214,27 @@ def cross_model_patching(ctx: PlanContext, source: str, into: str, groups: dict,
     units = [{"cmap": ctx.unit("cmap", (base, ref), groups=normalised, site=site, batch_size=batch_size)}
              for ref in ctx.roles[source]]
     return {source: units}  # stored under the source role: its replicates are what the claim is about
+
+
+# ---------------------------------------------------------------------------------------------- overlap
+
+def _overlap_summary(meas: Measurements) -> dict[str, Any]:
+    return {"name": "circuit_overlap", "args": dict(meas.args),
+            "circuits": {role: [m.get("discovery", {}).get("circuit") for m in data.meta]
+                         for role, data in meas.roles.items()}}
+
+
+@EXPERIMENTS.register("circuit_overlap", params=(
+    Param("steps", "mapping", required=True,
+          doc="discovery steps, as in circuit_faithfulness's discover: {group: {position, k, into, via}}"),
+    Param("n", "int", default=100, min=2, doc="counterfactual prompt pairs for path patching"),
+    Param("over", "choice", default="vocab", choices=("vocab", "candidates"), doc="probabilities over"),
+    Param("batch_size", "int", default=250, min=1, doc="examples per forward pass"),
+), summary=_overlap_summary)
+def circuit_overlap(ctx: PlanContext, steps: dict, n: int = 100, over: str = "vocab", batch_size: int = 250) -> Plan:
+    """The circuit of every replicate of every role, discovered with the same steps (for `circuit_contains`)."""
+    from mechcheck.interventions.discovery import steps_from
+
+    steps_from([{"name": k, **v} for k, v in steps.items()])
+    return ctx.per_replicate(lambda role, i, ref: {"discovery": ctx.unit(
+        "discovery", (ref,), steps=steps, n=n, over=over, batch_size=batch_size)})
