@@ -21,6 +21,7 @@ import mechcheck.experiments.head_ablation  # noqa: F401
 import mechcheck.experiments.sample_efficiency  # noqa: F401
 import mechcheck.recipes  # noqa: F401
 import mechcheck.report.figures.ablation  # noqa: F401
+import mechcheck.report.figures.circuits  # noqa: F401
 import mechcheck.report.figures.decoding  # noqa: F401
 import mechcheck.report.figures.efficiency  # noqa: F401
 import mechcheck.report.figures.geometry  # noqa: F401

@@ -45,6 +45,7 @@ def test_known_answer_circuit_is_faithful_and_its_complement_is_not(claim_tree, 
     assert right.checks[1].effect.estimate == pytest.approx(wrong.checks[0].details["circuit_accuracy"])
     assert wrong.checks[0].outcome == "failed" and wrong.checks[0].effect.hi < 0.95
     assert right.experiment["models"]["m"]["circuit_accuracy"] == [1.0]
+    assert sorted(f.rsplit("_", 1)[-1] for f in right.figures) == ["circuit.png", "faithfulness.png"]
 
 
 def test_a_circuit_head_beyond_the_model_is_an_error(claim_tree, tmp_path):

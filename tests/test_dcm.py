@@ -59,3 +59,4 @@ def test_desiderata_patching_through_the_cli(claim_tree, tmp_path):
     assert first.outcome == "passed" and second.outcome == "failed"
     models = report.claims[0].experiment["models"]["m"]
     assert models["selected"] == {"mover/source_answer": [[0, 0]], "mover/base_answer": []}
+    assert [f.rsplit("_", 1)[-1] for f in report.claims[0].figures] == ["dcm.png"]

@@ -110,10 +110,12 @@ def _summary(meas: Measurements) -> dict[str, Any]:
         circ = [float(v.mean()) for v in data.values("faithfulness/circuit")]
         rand = [v.mean(axis=1).tolist() for v in data.values("faithfulness/random")]
         out["models"][role] = {"fixture": data.fixture, "model_accuracy": model, "circuit_accuracy": circ,
-                               "random_accuracy": rand}
+                               "random_accuracy": rand, "shape": [data.n_layers, data.n_heads]}
         meta = data.meta[0].get("faithfulness", {}) if data.meta else {}
         if "circuit" in meta:
             out["circuit"] = meta["circuit"]
+    if "circuit" not in out and meas.args.get("circuit"):
+        out["circuit"] = meas.args["circuit"]
     return out
 
 
@@ -221,7 +223,8 @@ def cross_model_patching(ctx: PlanContext, source: str, into: str, groups: dict,
 def _overlap_summary(meas: Measurements) -> dict[str, Any]:
     return {"name": "circuit_overlap", "args": dict(meas.args),
             "circuits": {role: [m.get("discovery", {}).get("circuit") for m in data.meta]
-                         for role, data in meas.roles.items()}}
+                         for role, data in meas.roles.items()},
+            "shapes": {role: [data.n_layers, data.n_heads] for role, data in meas.roles.items()}}
 
 
 @EXPERIMENTS.register("circuit_overlap", params=(
