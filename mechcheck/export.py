@@ -9,7 +9,6 @@ change it, and gate on it. The model is taken from the cache, or built (trained)
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,9 @@ from typing import Any
 __all__ = ["export_fixture"]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_fixture(spec, out_dir: Path, seed: int, ctx, force: bool = False) -> dict[str, Any]:
     """Build (or fetch) replicate `seed` of model fixture `spec` and write it to `out_dir`; returns mechcheck.json."""
+    from mechcheck.cache import file_sha256
     from mechcheck.recipes import build_model, make_task, model_ref, replicates
     from mechcheck.tasks import WordVocab
 
@@ -54,7 +46,7 @@ def export_fixture(spec, out_dir: Path, seed: int, ctx, force: bool = False) -> 
             vocab_file = "tokenizer"
     weights = out_dir / "model.safetensors"
     meta = {"fixture": spec.name, "recipe": spec.recipe, "replicate": ref.seed, "cache_key": ref.key,
-            "weights_sha256": _sha256(weights) if weights.is_file() else None,
+            "weights_sha256": file_sha256(weights) if weights.is_file() else None,
             "task": task_spec.name if task_spec else None, "vocabulary": vocab_file,
             "info": {k: v for k, v in (built.info or {}).items() if k != "history"}}
     (out_dir / "mechcheck.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
