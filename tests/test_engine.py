@@ -178,7 +178,14 @@ def _cli(root: Path, cache: Path, *extra: str, **env: str) -> subprocess.Popen:
         "PYTHONPATH", "")]), **env)
     return subprocess.Popen([sys.executable, "-m", "mechcheck.cli", "run", "claims", "--report-dir", "reports",
                              *extra], cwd=root, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_foreground)
+
+
+def _foreground() -> None:
+    """A child that reacts to Ctrl-C as a run started from a terminal does: SIGINT at its default. A process
+    inherits an ignored SIGINT (a test runner or a shell's background job may ignore it), and Python then keeps
+    ignoring it, so an interrupt test would see a run that cannot be interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _report(root: Path) -> dict:
