@@ -159,3 +159,13 @@ def test_circuit_contains_counts_components_at_their_positions():
     assert got.details["precision"] == [0.5] * 3
     one = _judge(_overlap([base], base), "circuit_contains", model="ft", than="base", value=0.5)
     assert one.outcome == "inconclusive" and "no interval" in one.message
+
+
+@pytest.mark.slow
+def test_discovery_with_minimality_prunes_what_does_not_matter(claim_tree, tmp_path):
+    """k=2 with every head taken (a positive-score head cannot be: only hurting heads are) is pruned to L0H0."""
+    claim_tree("claims/m.yaml", DISCOVERED.replace("n: 50}", "n: 50, minimal: true}"))
+    r = cli(["run", "--report-dir", "r", "--workers", "1"], claim_tree.root, tmp_path / "cache")
+    assert r.returncode == 0, show(r)
+    _, report = the_report(claim_tree.root / "r")
+    assert report.claims[0].experiment["circuit"] == {"mover": {"heads": [[0, 0]], "position": "last"}}

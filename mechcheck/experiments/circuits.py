@@ -73,15 +73,24 @@ def discovery_unit(ctx) -> UnitResult:
     steps = steps_from([{"name": k, **v} for k, v in a["steps"].items()])
     got = discover_circuit(ctx.model, clean, corrupt, steps, corrupt_positions=corrupt_positions,
                            over=a["over"], batch_size=a["batch_size"])
-    return UnitResult(got.to_arrays(), {"circuit": got.circuit.to_dict(), "forward_passes": got.forward_passes,
-                                        "senders": [list(h) for h in got.senders]})
+    meta = {"circuit": got.circuit.to_dict(), "forward_passes": got.forward_passes,
+            "senders": [list(h) for h in got.senders]}
+    if a.get("minimal"):
+        from mechcheck.interventions import circuit_reference
+        from mechcheck.interventions.minimality import minimal_circuit
+
+        ref = circuit_reference(ctx.model, reference_batch(ctx.data, a["n"]), batch_size=a["batch_size"])
+        pruned = minimal_circuit(ctx.model, got.circuit, clean, ref, batch_size=a["batch_size"])
+        meta.update({"discovered": meta["circuit"], "circuit": pruned.circuit.to_dict(),
+                     "minimality": {f"{g}:{h[0]},{h[1]}": v for (g, h), v in pruned.scores.items()}})
+    return UnitResult(got.to_arrays(), meta)
 
 
 def _discovery(ctx: PlanContext, discover: dict, batch_size: int):
     """The discovery unit that `discover: {model, steps, n, over}` asks for (on the first replicate of `model`)."""
     from mechcheck.interventions.discovery import steps_from
 
-    unknown = set(discover) - {"model", "steps", "n", "over"}
+    unknown = set(discover) - {"model", "steps", "n", "over", "minimal"}
     if unknown or "model" not in discover or "steps" not in discover:
         raise ValueError("experiment argument 'discover' is {model: ROLE, steps: {group: {position, k, into, via}}, "
                          f"n: prompts, over: vocab | candidates}}; got keys {sorted(discover)}")
@@ -93,7 +102,8 @@ def _discovery(ctx: PlanContext, discover: dict, batch_size: int):
         raise ValueError("discover.steps is a mapping: group -> {position, k, into, via}, in discovery order")
     steps_from([{"name": k, **v} for k, v in steps.items()])  # validated now, before anything runs
     return ctx.unit("discovery", (ctx.roles[on][0],), steps=steps, n=int(discover.get("n", 100)),
-                    over=discover.get("over", "vocab"), batch_size=batch_size)
+                    over=discover.get("over", "vocab"), batch_size=batch_size,
+                    **({"minimal": True} if discover.get("minimal") else {}))
 
 
 def _circuit_arg(value: Any) -> dict[str, Any]:
@@ -123,8 +133,9 @@ def _summary(meas: Measurements) -> dict[str, Any]:
     Param("circuit", "mapping",
           doc="groups -> {position: last | query_label | prev_label | all | <label>, heads: [[layer, head], ...]}"),
     Param("discover", "mapping",
-          doc="instead of `circuit`: {model: ROLE, steps: {group: {position, k, into, via}}, n: 100} — found "
-              "by iterative path patching on the first replicate of ROLE"),
+          doc="instead of `circuit`: {model: ROLE, steps: {group: {position, k, into, via}}, n: 100, minimal: "
+              "false} — found by iterative path patching on the first replicate of ROLE (minimal: then pruned by "
+              "the minimality rule)"),
     Param("n_random", "int", default=20, min=0, doc="random circuits of the same shape (the null; >= 20 for p < 0.05)"),
     Param("random_excludes_circuit", "bool", default=False,
           doc="draw random circuits from the heads outside the circuit (default: from all heads, as the paper)"),

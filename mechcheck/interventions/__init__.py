@@ -15,7 +15,8 @@ them to a block of code and always removes them. On top of that:
   model with only them left (every other head output at its position-specific mean), and its null;
 - `cmap`: cross-model activation patching of a circuit's head outputs (or q / k / v inputs);
 - `path_patching`: a sender head's effect on receiver heads' q / k / v inputs, all other heads frozen;
-- `discover_circuit`: groups of heads found from the logits backwards by iterative path patching.
+- `discover_circuit`: groups of heads found from the logits backwards by iterative path patching;
+  `minimal_circuit` / `completeness`: the minimality rule and the completeness comparison.
 
 The model's weights are never changed: interventions live in hooks, outside the module's parameters.
 """
@@ -26,6 +27,7 @@ from mechcheck.interventions.circuits import (
 )
 from mechcheck.interventions.cmap import cmap, cmap_edits
 from mechcheck.interventions.discovery import Discovery, Step, discover_circuit
+from mechcheck.interventions.minimality import Minimality, completeness, minimal_circuit
 from mechcheck.interventions.edits import Ablate, At, Mask, Patch, Put, Read, Reference
 from mechcheck.interventions.paths import PathResult, path_patching
 from mechcheck.interventions.hooks import Forward, HookPoint, hooks
@@ -34,7 +36,7 @@ from mechcheck.interventions.sites import Site, adapter_for, shape_of_config
 from mechcheck.interventions.sweep import Job, SweepResult, ablation_sweep
 
 __all__ = [
-    "Ablate", "At", "Circuit", "Discovery", "Step", "discover_circuit", "Faithfulness", "Forward", "Group", "HookPoint", "Job", "KeepOnly", "Mask", "Patch",
+    "Ablate", "At", "Circuit", "Discovery", "Step", "discover_circuit", "Minimality", "completeness", "minimal_circuit", "Faithfulness", "Forward", "Group", "HookPoint", "Job", "KeepOnly", "Mask", "Patch",
     "PathResult", "Put", "Read", "Reference", "RunOutput", "Site", "SweepResult", "ablation_sweep", "adapter_for",
     "circuit_accuracy", "circuit_reference", "cmap", "cmap_edits", "faithfulness", "forward", "hooks", "keep_only",
     "path_patching", "positions_of", "random_circuits", "reference", "run", "shape_of_config", "valid_positions",
