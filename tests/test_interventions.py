@@ -70,6 +70,20 @@ def bert(seed: int, n_layer: int = 2, n_head: int = 2, d_head: int = 4, vocab: i
     return prepare(_spread(hf, seed), "cpu")
 
 
+def llama(seed: int, n_layer: int = 2, n_head: int = 2, d_head: int = 4, vocab: int = 17):
+    """A tiny random Llama (RMSNorm, rotary positions, SwiGLU MLP, separate q / k / v / o projections)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    d = n_head * d_head
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=n_layer, num_attention_heads=n_head,
+                      num_key_value_heads=n_head, intermediate_size=2 * d, max_position_embeddings=32,
+                      attn_implementation="eager", tie_word_embeddings=False)
+    hf = LlamaForCausalLM(cfg)
+    hf.config.architectures = ["LlamaForCausalLM"]
+    return prepare(_spread(hf, seed), "cpu")
+
+
 @functools.lru_cache(maxsize=None)
 def words_task():
     return make_cdm(vocab="words", max_number=9)
@@ -91,11 +105,13 @@ def case(arch: str, seed: int = 0):
         return gpt2(seed, n_layer=2, n_head=3), words_batch(16, seed)
     if arch == "bert":
         return bert(seed, n_layer=2, n_head=3), words_batch(16, seed)
+    if arch == "llama":
+        return llama(seed, n_layer=2, n_head=3), words_batch(16, seed)
     task = minilm_task()
     return bert(seed, n_layer=2, n_head=4, d_head=8, vocab=task.vocab_size), task.sample(12, "eval", seed)
 
 
-ARCHS = ["gpt2", "bert", "bert-minilm"]
+ARCHS = ["gpt2", "bert", "bert-minilm", "llama"]
 
 
 def z_site(layer: int) -> str:
@@ -218,7 +234,7 @@ def test_head_ablations_equal_the_bridge(arch, method, positions):
     assert moved > 1e-2  # the ablations do change the answer logits: the comparison is not vacuous
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+@pytest.mark.parametrize("arch", ["gpt2", "bert", "llama"])
 def test_ablating_other_sites_equals_the_bridge(arch):
     """Zero and mean ablation of MLP neurons, residual dimensions and the attention output, at their sites."""
     model, batch = case(arch)
@@ -401,7 +417,7 @@ def test_chunking_changes_nothing_beyond_float_noise(case_, data):
     np.testing.assert_allclose(b.effects["logit_diff"], a.effects["logit_diff"], **TOL)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+@pytest.mark.parametrize("arch", ["gpt2", "bert", "llama"])
 def test_masks_of_zeros_are_zero_ablation_and_patches(arch):
     model, batch = case(arch)
     H = model.n_heads

@@ -86,3 +86,33 @@ def test_bert_qkv_inputs_of_every_head_equal_replacing_the_attention_input():
         hook.remove()
     assert np.abs(ours - reference).max() < 1e-5
     assert np.abs(ours - run(handle, batch).candidate_logits).max() > 1e-4  # the patch did something
+
+
+@pytest.mark.parametrize("which", "qkv")
+def test_llama_qkv_input_patch_matches_a_patched_projection(which):
+    """Llama: q / k / v are separate projections of the RMS-normed residual, rotary positions applied after them.
+    Patching head 1's input must equal computing its columns of that projection from the other residual."""
+    from test_interventions import llama
+
+    task, batch, other = _batches()
+    handle = llama(0, n_layer=2, n_head=2, vocab=task.vocab_size)
+    source = _per_head(run(handle, other, read=[Read("blocks.1.hook_resid_pre", at="all")])
+                       .reads["blocks.1.hook_resid_pre"], 2)
+    ours = run(handle, batch, [Patch(f"blocks.1.attn.hook_{which}_input", source, units=(1,))]).candidate_logits
+    block = handle.hf.model.layers[1]
+    proj = {"q": block.self_attn.q_proj, "k": block.self_attn.k_proj, "v": block.self_attn.v_proj}[which]
+    d_head = block.self_attn.head_dim
+    src = torch.as_tensor(source[:, :, 1])
+
+    def replace(module, args, out):
+        out = out.clone()
+        out[..., d_head:2 * d_head] = block.input_layernorm(src) @ proj.weight[d_head:2 * d_head].T
+        return out
+
+    hook = proj.register_forward_hook(replace)
+    try:
+        theirs = run(handle, batch).candidate_logits
+    finally:
+        hook.remove()
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert np.abs(ours - run(handle, batch).candidate_logits).max() > 1e-4  # the patch did something

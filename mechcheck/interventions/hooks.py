@@ -96,6 +96,12 @@ def _install(model, adapter, site: Site, fn: HookFn, point: HookPoint, dims: dic
             checked(fn(weights, point))  # (B, H, Tq, Tk)
 
         return adapter.attention(model, site.layer).register_forward_hook(post_pattern)
+    if site.kind == "mlp_post" and adapter.mlp_post_is_input:
+        def pre_mlp(module, args):  # gated MLPs: the neurons are act(gate) * up, the down projection's input
+            new = fn(args[0], point)
+            return None if new is None else (new, *args[1:])
+
+        return adapter.mlp_act(model, site.layer).register_forward_pre_hook(pre_mlp)
     module = {"resid_post": lambda: adapter.blocks(model)[site.layer],
               "attn_out": lambda: adapter.w_o(model, site.layer),
               "mlp_post": lambda: adapter.mlp_act(model, site.layer)}[site.kind]()

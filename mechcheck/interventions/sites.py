@@ -31,6 +31,12 @@ The known quirks live here and nowhere else:
   ``hook_resid_post`` is its LayerNorm'd output. BERT has no ``hook_resid_mid`` and no final norm; it reads the
   whole padded prompt in both directions, so it gets an attention mask of the non-pad prefix.
 - all-MiniLM-style checkpoints name the bare `BertModel`; `models.load_checkpoint` loads them with their MLM head.
+- Llama-style decoders (Llama, Mistral, Qwen2) are pre-RMSNorm with separate q / k / v / o projections; rotary
+  positions are applied *after* q_proj / k_proj, so a patched q or k input is rotated like the model's own.
+  Their MLP is gated: the neurons (``mlp.hook_post``) are act(gate) * up, the *input* of ``down_proj``. With
+  grouped-query attention a k / v input belongs to a key-value head shared by several query heads: patching one
+  query head's k / v input changes that shared head (Llama-7B has none: one key-value head per query head).
+  No sweep shortcuts (whole blocks run from the ablated layer up).
 """
 
 from __future__ import annotations
@@ -115,6 +121,9 @@ class Adapter:
     classes: tuple[str, ...] = ()
     #: whether every position attends to every other (then padding must be masked out)
     bidirectional = False
+    #: whether `mlp_act` names the module whose *input* holds the MLP neurons (gated MLPs: act(gate) * up enters
+    #: the down projection) rather than the activation function whose output does
+    mlp_post_is_input = False
 
     def base(self, model):  # the model without its output head (returns last_hidden_state)
         raise NotImplementedError
@@ -321,6 +330,67 @@ class BertAdapter(Adapter):
         return QKV(linear, linear, columns, project)
 
 
+class LlamaAdapter(Adapter):
+    """Llama-style decoders (Llama, Mistral, Qwen2 class layout): pre-RMSNorm blocks, separate q / k / v / o
+    projections, rotary position embeddings applied *after* q_proj / k_proj (so a patched q or k input is rotated
+    as usual), and grouped-query attention (several query heads share a key / value head)."""
+
+    classes = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+    def base(self, model):
+        return model.model
+
+    def blocks(self, model):
+        return model.model.layers
+
+    def final_norm(self, model, hidden):
+        return model.model.norm(hidden)
+
+    def unembed(self, model, hidden):
+        return model.lm_head(hidden)
+
+    def unembed_ids(self, model, hidden, ids):
+        return _linear_rows(hidden, model.lm_head.weight, None, ids)
+
+    def w_o(self, model, layer):
+        return model.model.layers[layer].self_attn.o_proj
+
+    def attention(self, model, layer):
+        return model.model.layers[layer].self_attn
+
+    mlp_post_is_input = True
+
+    def mlp_act(self, model, layer):
+        return model.model.layers[layer].mlp.down_proj  # its input: act(gate_proj(x)) * up_proj(x)
+
+    def resid_mid_module(self, model, layer):
+        return model.model.layers[layer].post_attention_layernorm  # its input: the residual after attention
+
+    def qkv(self, model, layer, which):
+        block = model.model.layers[layer]
+        attn = block.self_attn
+        linear = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}[which[0]]
+        dh = attn.head_dim
+        group = 1 if which[0] == "q" else model.config.num_attention_heads // model.config.num_key_value_heads
+
+        def columns(head):  # a query head's own slice; for k / v the slice of the key-value head it reads
+            kv = head // group
+            return slice(kv * dh, (kv + 1) * dh)
+
+        def project(x, head):
+            cols = columns(head)
+            out = block.input_layernorm(x) @ linear.weight[cols].T
+            return out + linear.bias[cols] if linear.bias is not None else out
+
+        return QKV(block.input_layernorm, linear, columns, project)
+
+    def dims(self, model):
+        cfg = model.config
+        d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return {"n_layers": cfg.num_hidden_layers, "n_heads": cfg.num_attention_heads, "d_model": cfg.hidden_size,
+                "d_head": int(d_head)}
+
+
 def _linear_rows(hidden, weight, bias, ids):
     """``hidden @ weight[ids].T + bias[ids]``: the output head's logits of `ids` only (weight (V, d))."""
     import torch
@@ -329,7 +399,7 @@ def _linear_rows(hidden, weight, bias, ids):
     return torch.nn.functional.linear(hidden, weight[ids], None if bias is None else bias[ids])
 
 
-_ADAPTERS: tuple[Adapter, ...] = (GPT2Adapter(), BertAdapter())
+_ADAPTERS: tuple[Adapter, ...] = (GPT2Adapter(), BertAdapter(), LlamaAdapter())
 
 
 def adapter_for(model) -> Adapter:
