@@ -218,7 +218,7 @@ def _cmd_run(args) -> int:
         raise SpecError("no claims found" + (" that match the selection" if args.keyword or args.tag else ""),
                         file=" ".join(args.paths))
     baseline = _read_report(args.baseline) if args.baseline else None
-    console = Console(stderr=True)
+    console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=180)  # no wrapping in logs
     options = RunOptions(profile=args.profile, device=args.device, cache_dir=args.cache_dir,
                          threads=args.threads or default_threads(), train_threads=args.train_threads,
                          seeds=args.seeds, workers=args.workers, n_boot=args.n_boot, console=console)
