@@ -17,16 +17,7 @@ from mechcheck.checks import CheckContext, check_requests, run_check
 from mechcheck.errors import SpecError
 from mechcheck.measurements import Measurements, RoleData
 
-N = 200
-
-
-def flips(rng, heads: dict[tuple[int, int], float], n=N, L=4, H=4, noise=0.02) -> np.ndarray:
-    """(n, L, H) ablation effects of one replicate: P(+1) = noise + size, P(-1) = noise."""
-    up = np.full((L, H), noise)
-    for (layer, head), size in heads.items():
-        up[layer, head] += size
-    u = rng.random((n, L, H))
-    return (u < up).astype(float) - ((u >= up) & (u < up + noise))
+from test_lin_checks import N, flips  # the same synthetic per-example ablation effects
 
 
 def meas(effects: list[np.ndarray], scope: str = "recipe", seed: int = 0) -> Measurements:
