@@ -102,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.process_time()
         got = discover_circuit(model, clean, corrupt, steps, corrupt_positions=corrupt_pos)
         best["shared"] = (min(best["shared"][0], time.process_time() - t0), got.forward_passes)
+        print(f"  shared: {best['shared'][0]:.2f} s CPU so far", flush=True)
         t0 = time.process_time()
         groups, scores, passes = _naive(model, clean, corrupt, corrupt_pos, steps)
         best["naive"] = (min(best["naive"][0], time.process_time() - t0), passes)
+        print(f"  naive: {best['naive'][0]:.2f} s CPU so far", flush=True)
     diff = max(float(np.abs(got.scores[s.name] - scores[s.name]).max()) for s in steps)
     same = {s.name: list(got.circuit.groups[s.name].heads) == list(groups[s.name].heads) for s in steps}
     print(f"shape {a.shape}: {model.n_layers} x {model.n_heads} heads, {a.prompts} prompt pairs x "
