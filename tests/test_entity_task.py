@@ -192,3 +192,23 @@ def test_bad_arguments_are_one_line_errors():
         make_entity_tracking(min_boxes=5, max_boxes=3)
     with pytest.raises(ValueError, match="unknown desideratum"):
         ep.desiderata({}, "colour", 3, 0)
+
+
+def test_repeat_objects_draws_train_objects_with_replacement_only():
+    t = make_entity_tracking(n_boxes=7, n_objects=8, repeat_objects=True)
+    train = t.sample(200, "train", 0)
+    repeated = 0
+    for i in range(len(train)):
+        objects, labels, query = parse_contains(train, i)
+        repeated += len(set(objects)) < len(objects)
+        assert len(set(labels)) == len(labels)  # labels stay distinct, so every query has one answer
+        assert VOCAB.words[train.answer_ids[i]] == expected_answer(objects, labels, query)
+    assert repeated > 150  # 7 draws from 8 objects repeat one with probability 0.994
+    ev = t.sample(200, "eval", 0)
+    assert all(len(set(parse_contains(ev, i)[0])) == 7 for i in range(len(ev)))
+    # the default draws distinct objects, and the new argument leaves existing cache keys alone
+    assert all(len(set(parse_contains(make_entity_tracking(n_boxes=7).sample(50, "train", 0), i)[0])) == 7
+               for i in range(50))
+    from mechcheck.recipes import task_payload
+    from mechcheck.spec import TaskSpec
+    assert "repeat_objects" not in task_payload(TaskSpec("t", "entity_tracking", {"n_boxes": 7}, "t.yaml"))["args"]

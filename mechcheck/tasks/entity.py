@@ -18,6 +18,13 @@ Training curriculum: `min_boxes` / `max_boxes` let the *train* split draw a box 
 one batch are then right-padded, each with its own answer position); the *eval* split always uses exactly
 `n_boxes`, so eval positions stay aligned.
 
+Pretraining on the task's own text: with `train_queries` = boxes every box is queried and answered in each
+train prompt, so next-token loss (`lm`) supervises a lookup per box rather than one per prompt; with
+`repeat_objects` the train split draws each box's object independently (one may recur in another box), so
+next-token loss on the context's objects is uniform noise rather than a reward for avoiding the objects
+already present (which distinct objects teach, the opposite of the lookup). Eval prompts keep distinct
+objects. docs/methods/prakash2024.md ("ci fixtures") measures what this buys.
+
 `entity_binding` (auxiliary, for fine-tuning): the same binding of objects to letters in another surface
 form, never the evaluation sentence, e.g. form `holds` "Box T holds the cup , Box A holds the key . Box A holds
 the" -> key, or form `assign` "T = cup , A = key . A is" -> key (values: objects, or numbers 0..9).
@@ -113,6 +120,7 @@ class Config:
     values: str = "objects"
     eval_fraction: float = 0.2
     train_queries: int = 1
+    repeat_objects: bool = False
 
     def __post_init__(self) -> None:
         lo, hi = self.train_range
@@ -178,7 +186,8 @@ def draw_row(cfg: Config, rng: np.random.Generator, split: str, n: int | None = 
     for _ in range(10_000):
         k = n if n is not None else (cfg.n_boxes if split == "eval" else int(rng.integers(cfg.train_range[0],
                                                                                           cfg.train_range[1] + 1)))
-        vals = tuple(int(v) for v in rng.choice(cfg.value_words_count, size=k, replace=False))
+        repeat = cfg.repeat_objects and split == "train"
+        vals = tuple(int(v) for v in rng.choice(cfg.value_words_count, size=k, replace=repeat))
         labs = labels if labels is not None else tuple(int(v) for v in rng.choice(cfg.n_labels, size=k, replace=False))
         q = query if query is not None else int(rng.integers(0, k))
         if vals[q] in avoid_value:
@@ -242,6 +251,9 @@ _SHARED = (
           doc="train split only: query sentences per prompt, all but the last answered in the prompt (more "
               "supervised lookups per prompt with loss: lm)"),
 )
+_REPEAT = Param("repeat_objects", "bool", default=False,
+                doc="train split only: objects drawn with replacement (one may be in several boxes), so next-token "
+                    "loss on the context carries no 'avoid the objects already present' signal")
 
 
 def _mean_reference(args, n: int, seed: int, split: str = "eval"):
@@ -277,7 +289,8 @@ def _desiderata(args, kind: str, n: int, seed: int, split: str = "eval"):
 @TASKS.register(
     "entity_tracking",
     params=(*_SHARED,
-            Param("n_objects", "int", default=len(OBJECTS), min=3, max=len(OBJECTS), doc="objects drawn from")),
+            Param("n_objects", "int", default=len(OBJECTS), min=3, max=len(OBJECTS), doc="objects drawn from"),
+            _REPEAT),
     version=VERSION,
     token_groups=TOKEN_GROUPS,
     labels=LABELS,
@@ -285,13 +298,14 @@ def _desiderata(args, kind: str, n: int, seed: int, split: str = "eval"):
     counterfactual=_counterfactual,
     desiderata=_desiderata,
     desiderata_names=("positional", "object_value", "box_label_value"),
+    keyless_defaults={"repeat_objects": False},  # added later: cache keys of existing tasks stay as they were
 )
 def make_entity_tracking(n_boxes: int = 7, min_boxes: int | None = None, max_boxes: int | None = None,
                          n_labels: int = 26, eval_fraction: float = 0.2, train_queries: int = 1,
-                         n_objects: int = len(OBJECTS)) -> Task:
+                         n_objects: int = len(OBJECTS), repeat_objects: bool = False) -> Task:
     """Entity tracking: which object is in the queried box (Prakash et al. 2024's box task)."""
     cfg = Config("contains", n_boxes, min_boxes, max_boxes, n_objects, n_labels, "objects", eval_fraction,
-                 train_queries)
+                 train_queries, repeat_objects)
     return _task("entity_tracking", cfg, 0xE7)
 
 
