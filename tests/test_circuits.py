@@ -26,20 +26,10 @@ from mechcheck.known_answer import relay_model, single_head_copy_model
 from mechcheck.models import bridge, build_gpt2, prepare
 from mechcheck.tasks import TaskBatch
 from mechcheck.tasks.toy import make_copy_first
+from test_interventions import _spread  # weights far from the initialiser, norms around 1
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _spread(hf, seed: int, scale: float = 0.3):
-    """Weights far from the initialiser's tiny ones, LayerNorm weights around 1 (as in test_interventions)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * scale
-            norm = "LayerNorm.weight" in name or (".ln_" in name and name.endswith(".weight"))
-            p.copy_(1.0 + noise if norm else noise)
-    return hf
 
 
 def gpt2(seed: int, n_layer: int = 2, n_head: int = 3, d_head: int = 4, vocab: int = 17):

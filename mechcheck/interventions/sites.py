@@ -330,67 +330,6 @@ class BertAdapter(Adapter):
         return QKV(linear, linear, columns, project)
 
 
-class LlamaAdapter(Adapter):
-    """Llama-style decoders (Llama, Mistral, Qwen2 class layout): pre-RMSNorm blocks, separate q / k / v / o
-    projections, rotary position embeddings applied *after* q_proj / k_proj (so a patched q or k input is rotated
-    as usual), and grouped-query attention (several query heads share a key / value head)."""
-
-    classes = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
-
-    def base(self, model):
-        return model.model
-
-    def blocks(self, model):
-        return model.model.layers
-
-    def final_norm(self, model, hidden):
-        return model.model.norm(hidden)
-
-    def unembed(self, model, hidden):
-        return model.lm_head(hidden)
-
-    def unembed_ids(self, model, hidden, ids):
-        return _linear_rows(hidden, model.lm_head.weight, None, ids)
-
-    def w_o(self, model, layer):
-        return model.model.layers[layer].self_attn.o_proj
-
-    def attention(self, model, layer):
-        return model.model.layers[layer].self_attn
-
-    mlp_post_is_input = True
-
-    def mlp_act(self, model, layer):
-        return model.model.layers[layer].mlp.down_proj  # its input: act(gate_proj(x)) * up_proj(x)
-
-    def resid_mid_module(self, model, layer):
-        return model.model.layers[layer].post_attention_layernorm  # its input: the residual after attention
-
-    def qkv(self, model, layer, which):
-        block = model.model.layers[layer]
-        attn = block.self_attn
-        linear = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}[which[0]]
-        dh = attn.head_dim
-        group = 1 if which[0] == "q" else model.config.num_attention_heads // model.config.num_key_value_heads
-
-        def columns(head):  # a query head's own slice; for k / v the slice of the key-value head it reads
-            kv = head // group
-            return slice(kv * dh, (kv + 1) * dh)
-
-        def project(x, head):
-            cols = columns(head)
-            out = block.input_layernorm(x) @ linear.weight[cols].T
-            return out + linear.bias[cols] if linear.bias is not None else out
-
-        return QKV(block.input_layernorm, linear, columns, project)
-
-    def dims(self, model):
-        cfg = model.config
-        d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        return {"n_layers": cfg.num_hidden_layers, "n_heads": cfg.num_attention_heads, "d_model": cfg.hidden_size,
-                "d_head": int(d_head)}
-
-
 def _linear_rows(hidden, weight, bias, ids):
     """``hidden @ weight[ids].T + bias[ids]``: the output head's logits of `ids` only (weight (V, d))."""
     import torch
@@ -399,14 +338,18 @@ def _linear_rows(hidden, weight, bias, ids):
     return torch.nn.functional.linear(hidden, weight[ids], None if bias is None else bias[ids])
 
 
-_ADAPTERS: tuple[Adapter, ...] = (GPT2Adapter(), BertAdapter(), LlamaAdapter())
+def _adapters() -> tuple[Adapter, ...]:
+    from mechcheck.interventions.llama import LlamaAdapter  # its own module; it builds on the classes here
+
+    return (GPT2Adapter(), BertAdapter(), LlamaAdapter())
 
 
 def adapter_for(model) -> Adapter:
     """The adapter of `model`'s class; ValueError naming the supported classes otherwise."""
     name = type(model).__name__
-    for a in _ADAPTERS:
+    adapters = _adapters()
+    for a in adapters:
         if name in a.classes:
             return a
-    supported = ", ".join(c for a in _ADAPTERS for c in a.classes)
+    supported = ", ".join(c for a in adapters for c in a.classes)
     raise ValueError(f"mechcheck has no intervention sites for {name} yet (supported: {supported})")
