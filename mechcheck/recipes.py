@@ -6,6 +6,7 @@ Recipes (registered in `RECIPES`, each with a ``key=`` function beside its build
   pretrain  random weights, next-token loss on every position of a (corpus) task
   finetune  a parent fixture's weights, trained further on a task
   load      a local Hugging Face directory (safetensors) or a hub id; never trained, never cached
+            (`mechcheck.loading`)
 
 A fixture's cache key covers its normalised recipe, its task generator's version, the seed and the keys of
 the fixtures it depends on, so a change anywhere upstream rebuilds everything downstream of it. `model_ref`
@@ -16,19 +17,16 @@ tell what is cached, and which measurements are, before it loads or trains a sin
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mechcheck.cache import ModelCache, cache_key
-from mechcheck.paths import is_pkg_path
 from mechcheck.registry import RECIPES, TASKS
 from mechcheck.tasks import Task
 
 __all__ = ["BuildContext", "Built", "build_model", "make_task", "is_trained", "replicates", "model_ref", "parents",
-           "model_config", "task_payload", "is_fixed", "load_facts"]
+           "model_config", "task_payload", "is_fixed"]
 
 
 @dataclass
@@ -123,13 +121,6 @@ def _is_pattern(spec) -> bool:
     return is_pattern(spec)
 
 
-def _load_path(spec, seed: int) -> str:
-    """A `load` fixture's path for replicate `seed` (a per-replicate pattern filled in)."""
-    from mechcheck.spec.overrides import fill_pattern
-
-    return fill_pattern(spec.path, seed)
-
-
 def build_model(spec, seed: int, ctx: BuildContext) -> Built:
     """Build (or fetch from the cache) replicate `seed` of model fixture `spec` (its own `seed`, if fixed)."""
     if getattr(spec, "seed", None) is not None:
@@ -169,26 +160,15 @@ def model_config(ref, ctx: BuildContext) -> dict[str, Any]:
     if hit is not None:
         return json.loads((hit[0] / "config.json").read_text())
     if spec.recipe == "load":
-        return _load_config(spec, ref.seed)
+        from mechcheck.loading import load_config
+
+        return load_config(spec, ref.seed)
     if spec.parent is not None:
         return model_config(parents(ref, ctx)[0], ctx)
     arch = dict(spec.architecture or {})
     task = make_task(spec.task)
     return {"model_type": "gpt2", "n_layer": arch["n_layer"], "n_head": arch["n_head"], "n_embd": arch["n_embd"],
             "vocab_size": arch.get("vocab_size") or task.vocab_size}
-
-
-def _load_config(spec, seed: int = 0) -> dict[str, Any]:
-    from mechcheck.models import check_checkpoint_dir, resolve_local_or_hub
-
-    if spec.path:
-        path = _local_path(_load_path(spec, seed))
-        check_checkpoint_dir(path)
-        return json.loads((path / "config.json").read_text())
-    where, local = resolve_local_or_hub(spec.hub)
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(where, revision=spec.revision, local_files_only=local).to_dict()
 
 
 def _trained(payload: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
@@ -366,79 +346,5 @@ def build_finetune(spec, seed: int, ctx: BuildContext) -> Built:
     return built
 
 
-def _fingerprint(path: Path) -> tuple[str, dict[str, str]]:
-    """SHA-256 over a checkpoint directory's config and safetensors files (name + content), and each file's own
-    SHA-256 (a trained model's report gives its model.safetensors hash; a loaded one's is then comparable)."""
-    h, files = hashlib.sha256(), {}
-    for p in sorted([path / "config.json", *path.glob("*.safetensors")]):
-        h.update(p.name.encode())
-        one = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-                one.update(chunk)
-        files[p.name] = one.hexdigest()
-    return h.hexdigest(), files
-
-
-def load_facts(spec, seed: int, ctx: BuildContext) -> dict[str, Any]:
-    """Where replicate `seed` of a `load` fixture comes from, and its weights' hashes (local checkpoints)."""
-    facts: dict[str, Any] = {"source": _load_path(spec, seed) if spec.path else f"hub:{spec.hub}"}
-    if spec.revision:
-        facts["revision"] = spec.revision
-    if spec.replaces:
-        facts["replaces"] = spec.replaces
-    if spec.path:
-        _load_payload(spec, seed, ctx)  # fingerprints the directory once per run
-        _, fingerprint, files = ctx.fingerprints[str(_local_path(_load_path(spec, seed)))]
-        facts["fingerprint"] = fingerprint
-        facts["weights_sha256"] = files.get("model.safetensors") or fingerprint
-    return facts
-
-
-def _local_path(path: str) -> Path:
-    """A fixture's `path` as a directory: package paths resolved (missing package: skipped), others as is."""
-    from mechcheck.models import CheckpointError
-    from mechcheck.paths import PackagePathError, resolve_pkg_path
-
-    if not is_pkg_path(path):
-        return Path(path)
-    try:
-        return resolve_pkg_path(path)
-    except PackagePathError as exc:
-        raise CheckpointError(str(exc)) from exc
-
-
-def _load_payload(spec, seed: int, ctx: BuildContext) -> dict[str, Any]:
-    from mechcheck.models import check_checkpoint_dir
-
-    if not spec.path:
-        return {"recipe": "load", "hub": spec.hub, "revision": spec.revision}
-    written = _load_path(spec, seed)
-    path = _local_path(written)
-    check_checkpoint_dir(path)
-    stamp = max(p.stat().st_mtime for p in [path / "config.json", *path.glob("*.safetensors")])
-    known = ctx.fingerprints.get(str(path))
-    if known is None or known[0] != stamp:
-        known = (stamp, *_fingerprint(path))
-        ctx.fingerprints[str(path)] = known
-    # spec.path as written for a package path (pkg:...): the key must not depend on where it is installed
-    return {"recipe": "load", "path": written if is_pkg_path(written) else str(path), "fingerprint": known[1]}
-
-
-@RECIPES.register("load", doc="load a local Hugging Face directory (safetensors only) or a hub id",
-                  payload=_load_payload)
-def build_load(spec, seed: int, ctx: BuildContext) -> Built:
-    from mechcheck.models import load_checkpoint, resolve_local_or_hub
-
-    key = cache_key(_load_payload(spec, seed, ctx))
-    if key not in ctx.memo:
-        if spec.path:
-            where, local = str(_local_path(_load_path(spec, seed))), True
-        else:
-            where, local = resolve_local_or_hub(spec.hub)
-        model = load_checkpoint(where, local=local, revision=spec.revision)
-        task = make_task(spec.task) if spec.task else None
-        info = load_facts(spec, seed, ctx)
-        ctx.memo[key] = Built(model, key, "load", False, info, task, (where, local, spec.revision))
-    return ctx.memo[key]
+# The `load` recipe lives in its own module (checkpoints: paths, fingerprints, hub ids); importing it registers it.
+import mechcheck.loading  # noqa: E402, F401

@@ -373,7 +373,7 @@ class Runner:
 
 
     def _load_facts(self, spec, seed: int) -> dict[str, Any]:
-        from mechcheck.recipes import load_facts
+        from mechcheck.loading import load_facts
 
         try:
             return load_facts(spec, seed, self.build)
