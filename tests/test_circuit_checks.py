@@ -163,7 +163,8 @@ def test_circuit_contains_counts_components_at_their_positions():
 
 @pytest.mark.slow
 def test_discovery_with_minimality_prunes_what_does_not_matter(claim_tree, tmp_path):
-    """k=2 with every head taken (a positive-score head cannot be: only hurting heads are) is pruned to L0H0."""
+    """`minimal: true` runs end to end through the CLI and leaves the carrying head (here discovery already finds
+    only L0H0, so nothing is pruned; the pruning rule itself is tested in test_minimality.py)."""
     claim_tree("claims/m.yaml", DISCOVERED.replace("n: 50}", "n: 50, minimal: true}"))
     r = cli(["run", "--report-dir", "r", "--workers", "1"], claim_tree.root, tmp_path / "cache")
     assert r.returncode == 0, show(r)
