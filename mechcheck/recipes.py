@@ -83,6 +83,16 @@ def make_task(spec) -> Task:
     return _TASK_MEMO[memo_key]
 
 
+def train_payload(train) -> dict[str, Any]:
+    """A TrainSpec as it enters cache keys: `hints` and `stop_at` only when set (they were added later; the keys of
+    fixtures without them stay as they were)."""
+    out = dataclasses.asdict(train)
+    for later in ("hints", "stop_at"):
+        if out.get(later) is None:
+            out.pop(later, None)
+    return out
+
+
 def task_payload(spec) -> dict[str, Any]:
     entry = TASKS.get(spec.generator)
     args = entry.with_defaults(dict(spec.args))
@@ -268,9 +278,9 @@ def _random_init(spec, seed: int):
 def _scratch_payload(spec, seed: int, ctx: BuildContext) -> dict[str, Any]:
     if spec.parent is not None:  # a twin: the parent's config, fresh weights
         return _trained({"recipe": "scratch", "from": _key(spec.parent, 0, ctx), "task": task_payload(spec.task),
-                         "train": dataclasses.asdict(spec.train), "seed": seed}, ctx)
+                         "train": train_payload(spec.train), "seed": seed}, ctx)
     return _trained({"recipe": spec.recipe, "architecture": dict(spec.architecture or {}),
-                     "task": task_payload(spec.task), "train": dataclasses.asdict(spec.train), "seed": seed}, ctx)
+                     "task": task_payload(spec.task), "train": train_payload(spec.train), "seed": seed}, ctx)
 
 
 @RECIPES.register("scratch", doc="train from random weights (a GPT-2 shape, or a parent fixture's config) on a task",
@@ -324,7 +334,7 @@ def build_pretrain(spec, seed: int, ctx: BuildContext) -> Built:
 
 def _finetune_payload(spec, seed: int, ctx: BuildContext) -> dict[str, Any]:
     return _trained({"recipe": "finetune", "parent": _key(spec.parent, seed, ctx),
-                     "task": task_payload(spec.task), "train": dataclasses.asdict(spec.train), "seed": seed}, ctx)
+                     "task": task_payload(spec.task), "train": train_payload(spec.train), "seed": seed}, ctx)
 
 
 def _seed(spec, seed: int) -> int:

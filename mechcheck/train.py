@@ -34,7 +34,7 @@ import numpy as np
 from mechcheck.tasks import Task, TaskBatch
 from mechcheck.train_state import Checkpoint
 
-__all__ = ["Checkpoint", "lm_inputs", "lm_loss", "train", "VERSION"]
+__all__ = ["Checkpoint", "lm_inputs", "lm_loss", "hint_loss", "hints_problem", "train", "VERSION"]
 
 #: Bump whenever the same recipe and seed would train different weights (it is part of every cache key).
 #: 2: the `lm` loss no longer shifts the labels twice (version 1 trained pretrain fixtures two tokens ahead);
@@ -65,6 +65,74 @@ def lm_loss(model, tokens, labels):
     logits = model(tokens).logits
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                              ignore_index=-100)
+
+
+def hints_problem(hints: Any) -> str | None:
+    """Why a `train.hints` mapping is invalid (None when it is fine): {layer: int >= 1, weight: float > 0}."""
+    if not isinstance(hints, dict):
+        return "hints is a mapping {layer: L, weight: W}"
+    unknown = set(hints) - {"layer", "weight"}
+    if unknown or "layer" not in hints:
+        return f"hints has the keys layer (required) and weight; got {sorted(hints)}"
+    layer, weight = hints["layer"], hints.get("weight", 1.0)
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 1:
+        return f"hints.layer is the number of blocks after which the hints are read (>= 1), got {layer!r}"
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        return f"hints.weight must be a number > 0, got {weight!r}"
+    return None
+
+
+def hint_loss(model, hidden_states, targets, layer: int):
+    """The task's hints read from the residual stream after `layer` blocks through the model's own final norm
+    and output head (the logit lens): per kind of hint, the mean cross-entropy over the positions that carry it,
+    summed over kinds (each kind counts the same, however many positions it has). `targets`: kind -> (B, T)
+    token ids, -100 where there is no hint; `hidden_states`: the model's output_hidden_states.
+
+    A training aid for tasks whose solution is a chain of steps that a tiny model does not find on its own
+    (docs/methods/prakash2024.md, "ci fixtures"): a hint says what an intermediate position should already
+    know, never where to attend, and the model keeps no extra parameters.
+    """
+    import torch
+
+    from mechcheck.interventions.sites import adapter_for
+
+    if not 1 <= layer < len(hidden_states) - 1:
+        raise ValueError(f"hints.layer {layer}: the model has {len(hidden_states) - 1} blocks; hints are read after "
+                         "one of the blocks before the last")
+    adapter = adapter_for(model)
+    total = hidden_states[layer].new_zeros(())
+    for kind in sorted(targets):
+        where = targets[kind] != -100
+        if not bool(where.any()):
+            continue
+        logits = adapter.unembed(model, adapter.final_norm(model, hidden_states[layer][where]))
+        total = total + torch.nn.functional.cross_entropy(logits.float(), targets[kind][where])
+    return total
+
+
+def _loss_with_hints(model, task: Task, batch: TaskBatch, spec: Any, device: str, label: str):
+    """The answer (or lm) loss plus `hints.weight` x `hint_loss`, from one forward pass."""
+    import torch
+
+    if task.hints is None:
+        raise ValueError(f"{label}: train.hints is set but task {task.name!r} defines no hints")
+    rows = torch.arange(len(batch), device=device)
+    if spec.loss == "lm":
+        tokens, labels = lm_inputs(batch)
+        tokens, labels = torch.as_tensor(tokens, device=device), torch.as_tensor(labels, device=device)
+        out = model(tokens, output_hidden_states=True)
+        loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]).float(),
+                                                 labels.reshape(-1), ignore_index=-100)
+        targets = {k: np.pad(v, ((0, 0), (0, 1)), constant_values=-100)  # the appended answer token
+                   for k, v in task.hints(batch).items()}
+    else:
+        out = model(torch.as_tensor(batch.tokens, device=device), output_hidden_states=True)
+        answer = out.logits[rows, torch.as_tensor(batch.answer_pos, device=device)]
+        loss = torch.nn.functional.cross_entropy(answer.float(), torch.as_tensor(batch.answer_ids, device=device))
+        targets = task.hints(batch)
+    hint = hint_loss(model, out.hidden_states, {k: torch.as_tensor(v, device=device) for k, v in targets.items()},
+                     int(spec.hints["layer"]))
+    return loss + float(spec.hints.get("weight", 1.0)) * hint
 
 
 def _lr_at(step: int, steps: int, warmup: int) -> float:
@@ -179,17 +247,24 @@ def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, con
             model.train()
             history.append({"step": step + 1, "loss": round(loss_value, 5), "accuracy": round(acc, 4)})
 
+    def reached() -> bool:
+        """`stop_at` met at the last evaluation (the step just finished)."""
+        return stop_at is not None and bool(history) and history[-1]["step"] == done and \
+            history[-1]["accuracy"] >= stop_at
+
     # Where an interrupt lands decides what can be saved: during "compute" nothing persistent has changed
     # since the step began (but the RNGs have moved: `at_start` holds them); during "update" the optimizer
     # is half-way through its parameters, so nothing consistent exists; from "after" on the weights are
     # those of step + 1 and only the bookkeeping may be missing.
     phase, done, at_start, loss = "between", start, None, None
+    stop_at = getattr(spec, "stop_at", None)
+    stopped = reached()  # a state saved at the stopping step (an interrupt right after it) is already done
     last_save = time.monotonic()
     bar_view = progress_bar(console, "loss {task.fields[loss]}  acc {task.fields[acc]}")
     try:
         with bar_view:
             bar = bar_view.add_task(label, total=spec.steps, completed=start, loss="-", acc="-")
-            for step in range(start, spec.steps):
+            for step in range(start, spec.steps if not stopped else start):
                 if checkpoint is not None:
                     at_start = rng_now()
                 phase = "compute"
@@ -197,7 +272,9 @@ def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, con
                     batch = fixed.subset(rng.integers(0, len(fixed), spec.batch_size))
                 else:
                     batch = task.sample(spec.batch_size, "train", int(rng.integers(0, 2**31 - 1)))
-                if spec.loss == "lm":
+                if spec.hints is not None:
+                    loss = _loss_with_hints(model, task, batch, spec, device, label)
+                elif spec.loss == "lm":
                     tokens, labels = lm_inputs(batch)
                     loss = lm_loss(model, torch.as_tensor(tokens, device=device),
                                    torch.as_tensor(labels, device=device))
@@ -221,6 +298,9 @@ def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, con
                                 acc="-" if shown_acc is None else f"{shown_acc:.2f}")
                 if progress is not None:
                     progress(done, spec.steps, {"loss": loss_value, "accuracy": shown_acc})
+                if reached():
+                    stopped = True
+                    break
                 if checkpoint is not None and done < spec.steps and time.monotonic() - last_save >= every_s:
                     save(done, rng_now())
                     last_save = time.monotonic()
@@ -238,7 +318,8 @@ def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, con
         raise
     model.eval()
     return {
-        "steps": spec.steps,
+        "steps": done,
+        **({"max_steps": spec.steps, "stopped_at_accuracy": stopped} if stop_at is not None else {}),
         "final_loss": loss_value,
         "train_accuracy": acc,
         "seconds": round(seconds_before + time.perf_counter() - t0, 2),

@@ -69,8 +69,12 @@ def discovery_unit(ctx) -> UnitResult:
     if make is None:
         raise ValueError(f"task generator '{ctx.data.task.generator}' defines no counterfactual prompts: circuit "
                          "discovery by path patching needs them")
-    clean, corrupt, corrupt_positions = make(dict(ctx.data.task.args), a["n"], ctx.data.seed + 104729, ctx.data.split)
-    steps = steps_from([{"name": k, **v} for k, v in a["steps"].items()])
+    if a.get("correct_only"):
+        clean, corrupt, corrupt_positions = _solved_pairs(ctx, make, a["n"], a["batch_size"])
+    else:
+        clean, corrupt, corrupt_positions = make(dict(ctx.data.task.args), a["n"], ctx.data.seed + 104729,
+                                                 ctx.data.split)
+    steps = steps_from(a["steps"])
     got = discover_circuit(ctx.model, clean, corrupt, steps, corrupt_positions=corrupt_positions,
                            over=a["over"], batch_size=a["batch_size"])
     meta = {"circuit": got.circuit.to_dict(), "forward_passes": got.forward_passes,
@@ -86,11 +90,25 @@ def discovery_unit(ctx) -> UnitResult:
     return UnitResult(got.to_arrays(), meta)
 
 
+def _solved_pairs(ctx, make, n: int, batch_size: int):
+    """`n` counterfactual pairs whose clean prompt the model answers correctly (over the candidates), from a
+    draw of 4n. The paper's score, (p_patch - p_org) / p_org averaged over prompts, is dominated by prompts
+    where p_org is near 0 (a relative change of a tiny probability) when the model is only moderately
+    accurate; `correct_only` (ours) keeps the prompts where the mechanism is at work."""
+    from mechcheck.interventions import run
+
+    clean, corrupt, positions = make(dict(ctx.data.task.args), 4 * n, ctx.data.seed + 104729, ctx.data.split)
+    solved = np.flatnonzero(run(ctx.model, clean, batch_size=batch_size).metrics["accuracy"] > 0.5)
+    if len(solved) < min(n, 20):
+        raise ValueError(f"correct_only: the model solves {len(solved)} of {4 * n} counterfactual prompts; "
+                         f"discovery needs {min(n, 20)} at least")
+    keep = solved[:n]
+    return clean.subset(keep), corrupt.subset(keep), {k: np.asarray(v)[keep] for k, v in positions.items()}
+
+
 def _discovery(ctx: PlanContext, discover: dict, batch_size: int):
     """The discovery unit that `discover: {model, steps, n, over}` asks for (on the first replicate of `model`)."""
-    from mechcheck.interventions.discovery import steps_from
-
-    unknown = set(discover) - {"model", "steps", "n", "over", "minimal"}
+    unknown = set(discover) - {"model", "steps", "n", "over", "minimal", "correct_only"}
     if unknown or "model" not in discover or "steps" not in discover:
         raise ValueError("experiment argument 'discover' is {model: ROLE, steps: {group: {position, k, into, via}}, "
                          f"n: prompts, over: vocab | candidates}}; got keys {sorted(discover)}")
@@ -100,10 +118,20 @@ def _discovery(ctx: PlanContext, discover: dict, batch_size: int):
     steps = discover["steps"]
     if not isinstance(steps, dict):
         raise ValueError("discover.steps is a mapping: group -> {position, k, into, via}, in discovery order")
-    steps_from([{"name": k, **v} for k, v in steps.items()])  # validated now, before anything runs
-    return ctx.unit("discovery", (ctx.roles[on][0],), steps=steps, n=int(discover.get("n", 100)),
+    return ctx.unit("discovery", (ctx.roles[on][0],), steps=ordered_steps(steps), n=int(discover.get("n", 100)),
                     over=discover.get("over", "vocab"), batch_size=batch_size,
-                    **({"minimal": True} if discover.get("minimal") else {}))
+                    **({"minimal": True} if discover.get("minimal") else {}),
+                    **({"correct_only": True} if discover.get("correct_only") else {}))
+
+
+def ordered_steps(steps: dict) -> list[dict[str, Any]]:
+    """The claim's `steps` mapping (group -> {position, k, into, via}, in discovery order) as a validated list:
+    unit arguments are canonicalised (mappings sorted by key) for cache keys, so the order must be a list's."""
+    from mechcheck.interventions.discovery import steps_from
+
+    listed = [{"name": k, **v} for k, v in steps.items()]
+    steps_from(listed)  # validated now, before anything runs
+    return listed
 
 
 def _circuit_arg(value: Any) -> dict[str, Any]:
@@ -134,8 +162,8 @@ def _summary(meas: Measurements) -> dict[str, Any]:
           doc="groups -> {position: last | query_label | prev_label | all | <label>, heads: [[layer, head], ...]}"),
     Param("discover", "mapping",
           doc="instead of `circuit`: {model: ROLE, steps: {group: {position, k, into, via}}, n: 100, minimal: "
-              "false} — found by iterative path patching on the first replicate of ROLE (minimal: then pruned by "
-              "the minimality rule)"),
+              "false, correct_only: false} — found by iterative path patching on the first replicate of ROLE "
+              "(minimal: then pruned by the minimality rule; correct_only: on prompts the model answers correctly)"),
     Param("n_random", "int", default=20, min=0, doc="random circuits of the same shape (the null; >= 20 for p < 0.05)"),
     Param("random_excludes_circuit", "bool", default=False,
           doc="draw random circuits from the heads outside the circuit (default: from all heads, as the paper)"),
@@ -178,13 +206,26 @@ def cmap_unit(ctx) -> UnitResult:
 
     base, source = ctx.models
     a = ctx.args
+    groups = a["groups"]
+    if groups is None:  # discovered: the circuit of the discovery unit, the groups named in `patch`
+        found = ctx.deps[0].meta["circuit"]
+        groups = {g: found[g] for g in (a["patch"] or list(found))}
     arrays = {"base": run(base, ctx.batch, batch_size=a["batch_size"]).metrics["accuracy"],
               "source": run(source, ctx.batch, batch_size=a["batch_size"]).metrics["accuracy"]}
-    for name, group in a["groups"].items():
+    for name, group in groups.items():
         one = Circuit.from_dict({name: group})
         arrays[f"group/{name}"] = cmap(base, source, ctx.batch, one, site=a["site"],
                                        batch_size=a["batch_size"]).metrics["accuracy"]
-    return UnitResult({k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()})
+    return UnitResult({k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, {"groups": groups})
+
+
+def _patched_groups(meas: Measurements, role: str) -> list[str]:
+    if meas.args.get("groups"):
+        return list(meas.args["groups"])
+    if meas.args.get("patch"):
+        return list(meas.args["patch"])
+    data = meas.roles[role]
+    return list(data.meta[0].get("cmap", {}).get("groups", {})) if data.meta else []
 
 
 def _cmap_summary(meas: Measurements) -> dict[str, Any]:
@@ -192,21 +233,27 @@ def _cmap_summary(meas: Measurements) -> dict[str, Any]:
     data = meas.roles[role]
     out = {"base": [float(v.mean()) for v in data.values("cmap/base")],
            "source": [float(v.mean()) for v in data.values("cmap/source")],
-           "groups": {g: [float(v.mean()) for v in data.values(f"cmap/group/{g}")] for g in meas.args["groups"]}}
+           "groups": {g: [float(v.mean()) for v in data.values(f"cmap/group/{g}")] for g in _patched_groups(meas, role)}}
+    out_groups = data.meta[0].get("cmap", {}).get("groups") if data.meta else None
     return {"name": "cross_model_patching", "args": dict(meas.args), "n": meas.n, "into": meas.args["into"],
-            "from": role, "accuracy": out}
+            "from": role, "accuracy": out, **({"circuit": out_groups} if out_groups else {})}
 
 
 @EXPERIMENTS.register("cross_model_patching", params=(
     Param("source", "model", required=True, doc="role whose head activations are patched in (the fine-tuned model)"),
     Param("into", "model", required=True, doc="role that runs with them (the base model)"),
-    Param("groups", "mapping", required=True,
+    Param("groups", "mapping",
           doc="groups patched one at a time: name -> {position, heads: [[layer, head], ...]} (a circuit's groups)"),
+    Param("discover", "mapping",
+          doc="instead of `groups`: {model: ROLE, steps: {...}, n} (see circuit_faithfulness); the discovered "
+              "circuit's groups are patched"),
+    Param("patch", "strings", doc="with `discover`: the groups to patch, one at a time (default: all of them)"),
     Param("site", "choice", default="z", choices=("z", "q", "k", "v"),
           doc="z: the heads' outputs; q / k / v: their query, key or value inputs"),
     Param("batch_size", "int", default=250, min=1, doc="examples per forward pass"),
 ), summary=_cmap_summary)
-def cross_model_patching(ctx: PlanContext, source: str, into: str, groups: dict, site: str = "z",
+def cross_model_patching(ctx: PlanContext, source: str, into: str, groups: dict | None = None,
+                         discover: dict | None = None, patch: list | None = None, site: str = "z",
                          batch_size: int = 250) -> Plan:
     """Base model `into` run on the eval data with each group's heads patched from model `source` (CMAP): one unit
     per replicate of `source` (each patched into the first replicate of `into`, a fixed base checkpoint)."""
@@ -218,13 +265,28 @@ def cross_model_patching(ctx: PlanContext, source: str, into: str, groups: dict,
     if ctx.shapes[source] != ctx.shapes[into]:
         raise ValueError(f"cross_model_patching: '{source}' has {ctx.shapes[source]} (layers, heads) and '{into}' "
                          f"{ctx.shapes[into]}: CMAP needs two models of one architecture")
-    normalised = {}
-    for name, group in groups.items():
-        one = Circuit.from_dict({name: group})
-        one.check(*ctx.shapes[into])
-        normalised.update(one.to_dict())
+    if (groups is None) == (discover is None):
+        raise ValueError("cross_model_patching needs exactly one of 'groups' (the heads) or 'discover' (find them)")
+    if patch and discover is None:
+        raise ValueError("cross_model_patching: 'patch' names groups of a discovered circuit; it needs 'discover'")
+    deps: tuple = ()
+    normalised = None
+    if groups is not None:
+        normalised = {}
+        for name, group in groups.items():
+            one = Circuit.from_dict({name: group})
+            one.check(*ctx.shapes[into])
+            normalised.update(one.to_dict())
+    else:
+        deps = (_discovery(ctx, discover, batch_size),)
+        steps = set(discover.get("steps", {}))
+        unknown = [g for g in (patch or []) if g not in steps]
+        if unknown:
+            raise ValueError(f"cross_model_patching: patch names {unknown}, not steps of discover "
+                             f"({', '.join(steps)})")
     base = ctx.roles[into][0]
-    units = [{"cmap": ctx.unit("cmap", (base, ref), groups=normalised, site=site, batch_size=batch_size)}
+    units = [{"cmap": ctx.unit("cmap", (base, ref), deps, groups=normalised, patch=list(patch or []), site=site,
+                               batch_size=batch_size)}
              for ref in ctx.roles[source]]
     return {source: units}  # stored under the source role: its replicates are what the claim is about
 
@@ -243,12 +305,13 @@ def _overlap_summary(meas: Measurements) -> dict[str, Any]:
           doc="discovery steps, as in circuit_faithfulness's discover: {group: {position, k, into, via}}"),
     Param("n", "int", default=100, min=2, doc="counterfactual prompt pairs for path patching"),
     Param("over", "choice", default="vocab", choices=("vocab", "candidates"), doc="probabilities over"),
+    Param("correct_only", "bool", default=False, doc="path patching on prompts each model answers correctly"),
     Param("batch_size", "int", default=250, min=1, doc="examples per forward pass"),
 ), summary=_overlap_summary)
-def circuit_overlap(ctx: PlanContext, steps: dict, n: int = 100, over: str = "vocab", batch_size: int = 250) -> Plan:
+def circuit_overlap(ctx: PlanContext, steps: dict, n: int = 100, over: str = "vocab", correct_only: bool = False,
+                    batch_size: int = 250) -> Plan:
     """The circuit of every replicate of every role, discovered with the same steps (for `circuit_contains`)."""
-    from mechcheck.interventions.discovery import steps_from
-
-    steps_from([{"name": k, **v} for k, v in steps.items()])
+    listed = ordered_steps(steps)
     return ctx.per_replicate(lambda role, i, ref: {"discovery": ctx.unit(
-        "discovery", (ref,), steps=steps, n=n, over=over, batch_size=batch_size)})
+        "discovery", (ref,), steps=listed, n=n, over=over, batch_size=batch_size,
+        **({"correct_only": True} if correct_only else {}))})

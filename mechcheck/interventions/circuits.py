@@ -9,6 +9,8 @@ batch (`positions_of`):
   all          every position (the group's heads are kept everywhere)
   any other    a per-example (n,) array passed in ``positions={key: array}``, else ``batch.labels[key]`` or
                ``batch.labels[key + "_pos"]``
+  KEY+k, KEY-k any of these shifted by k tokens (``prev_label+1``: the token after the query label's earlier
+               occurrence, where a small model may bind a label to its value)
 
 *Keeping only the circuit* (`keep_only`) replaces every head's output (``hook_z``, the input of the attention
 output projection) by its position-specific mean over a reference batch, at every position, except the
@@ -23,6 +25,7 @@ null is `random_circuits`, drawn with the same number of heads per group.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,6 +114,15 @@ class Circuit:
                                      f"({n_layers} layers x {n_heads} heads)")
 
 
+_OFFSET = re.compile(r"^(?P<base>.+?)(?P<shift>[+-]\d+)$")
+
+
+def split_offset(key: str) -> tuple[str, int]:
+    """``"prev_label+1"`` -> ("prev_label", 1); a key without an offset -> (key, 0)."""
+    m = _OFFSET.match(key)
+    return (m.group("base"), int(m.group("shift"))) if m else (key, 0)
+
+
 def positions_of(keys: Iterable[str], batch, positions: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Per position key, the (n,) position of every example in `batch` (or ``"all"``), checked to be in the prompt."""
     positions = dict(positions or {})
@@ -121,19 +133,22 @@ def positions_of(keys: Iterable[str], batch, positions: Mapping[str, Any] | None
         if key == "all":
             out[key] = "all"
             continue
+        base, shift = split_offset(key)
         if key in positions:
-            pos = positions[key]
-        elif key == "last":
+            pos, shift = positions[key], 0
+        elif base in positions:
+            pos = positions[base]
+        elif base == "last":
             pos = batch.answer_pos
         else:
-            label = POSITION_ALIASES.get(key, key)
+            label = POSITION_ALIASES.get(base, base)
             found = [k for k in (label, f"{label}_pos") if k in batch.labels]
             if not found:
                 have = ", ".join(sorted(batch.labels)) or "none"
                 raise ValueError(f"position {key!r}: the batch has no label {label!r} (labels: {have}); pass "
                                  f"positions={{{key!r}: (n,) array}}")
             pos = batch.labels[found[0]]
-        pos = np.asarray(pos)
+        pos = np.asarray(pos) + shift if shift else np.asarray(pos)
         if pos.shape != (n,) or not np.issubdtype(pos.dtype, np.integer):
             raise ValueError(f"position {key!r}: expected one integer position per example ({n},), got shape "
                              f"{pos.shape} of {pos.dtype}")

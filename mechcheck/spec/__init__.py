@@ -39,6 +39,12 @@ class TrainSpec:
     n_train: int | None = None
     eval_every: int = 25
     grad_clip: float = 1.0
+    #: intermediate read-out supervision (`mechcheck.train`): {layer, weight}; None: none. Left out of cache keys
+    #: when None, so fixtures written before it keep their keys.
+    hints: dict | None = None
+    #: stop at the first evaluation (every `eval_every` steps) whose held-out accuracy reaches this; None: train
+    #: all `steps`. Left out of cache keys when None.
+    stop_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from mechcheck.registry import CHECKS, EXPERIMENTS, RECIPES, TASKS, Param, Regis
 from mechcheck.spec import CheckSpec, ClaimSpec, DataSpec, ExperimentSpec, ModelSpec, TaskSpec, TrainSpec
 from mechcheck.spec.cross import check_experiment, check_shapes, declared_shape
 from mechcheck.spec.kinds import _BAD, _Refs, _fields, _get
+from mechcheck.train import hints_problem
 from mechcheck.spec.profiles import check_profile_name, profiled, unknown_profile
 from mechcheck.spec.yaml import YList, YMap, _F, _item_line, _p, _show, parse
 
@@ -57,6 +58,8 @@ _TRAIN = (
     Param("loss", "choice", choices=("answer", "lm")),  # default depends on the recipe
     Param("n_train", "int", min=1), Param("eval_every", "int", default=25, min=1),
     Param("grad_clip", "float", default=1.0, min=0.0),
+    Param("hints", "mapping"),
+    Param("stop_at", "float", min=0.0, max=1.0),
 )
 _TRAINED = ("scratch", "pretrain", "finetune")
 # field -> (recipes that require it, recipes that allow it); plugin recipes are left unconstrained
@@ -202,6 +205,10 @@ class _Loader:
             for k in ("lr", "grad_clip") if train else ():  # Param bounds are inclusive; these must be > 0
                 if train[k] <= 0:
                     f.err(m["train"].val_line(k), _p(prefix, f"train.{k}"), f"must be > 0, got {train[k]}")
+            if train and train.get("hints") is not None:
+                problem = hints_problem(train["hints"])
+                if problem:
+                    f.err(m["train"].val_line("hints"), _p(prefix, "train.hints"), problem)
             if train:
                 train = TrainSpec(**{**train, "loss": train["loss"] or ("lm" if recipe == "pretrain" else "answer")})
         task = parent = None

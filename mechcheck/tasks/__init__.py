@@ -81,6 +81,9 @@ class Task:
     example: str = ""
     #: `WordVocab` for word-level tasks, a Hugging Face tokenizer otherwise
     vocab: object | None = None
+    #: training hints (`train.hints` of a fixture): batch -> {kind: (n, T) token ids that the residual stream at
+    #: each position should already decode to at an intermediate layer, -100 where there is none}; None: no hints
+    hints: Callable[[TaskBatch], dict[str, np.ndarray]] | None = None
 
 
 class WordVocab:

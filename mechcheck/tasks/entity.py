@@ -52,22 +52,26 @@ __all__ = ["make_entity_tracking", "make_entity_binding", "entity_vocabulary", "
            "LABELS", "TOKEN_GROUPS"]
 
 #: Bump whenever the generated data changes for the same arguments and seed (it is part of cache keys).
-VERSION = "1"
+VERSION = "2"  # 2: the vocabulary gained the `sits` words (ids after the objects)
 #: one-token nouns, none of them a word of the corpus vocabulary
 OBJECTS = ("cup", "key", "map", "pen", "book", "ring", "coin", "bell", "lamp", "shoe", "hat", "doll", "ball",
            "fork", "bowl", "comb", "drum", "flag", "kite", "mask", "nail", "pipe", "rope", "sock", "tape", "vase",
            "wire", "bag", "box", "card", "disk", "egg", "fan", "gem", "jar", "leaf", "mug", "note", "pot", "toy")
 LETTERS = tuple(chr(ord("A") + i) for i in range(26))
 _TEMPLATE = ("<s>", "The", "the", "in", "Box", ",", "contains", "holds", "=")  # "is" and "." come from corpus
+#: words of the `sits` form, after the objects so that every earlier id stays what it was
+_SITS = ("My", "my", "sits", "crate", "Crate")
 MAX_NUMBER = 9  # the corpus vocabulary's numbers 0..9 (values of `entity_binding` with values: numbers)
 TOKEN_GROUPS = ("labels", "objects", "query_label", "answer")
 LABELS = ("query_box", "query_label_pos", "prev_label_pos", "answer_pos", "n_boxes")
-FORMS = ("contains", "holds", "assign")
+FORMS = ("contains", "holds", "assign", "sits")
+#: forms whose value comes before its label (a label position can know its value: hints exist)
+VALUE_FIRST = ("contains", "sits")
 
 
 def entity_vocabulary() -> WordVocab:
     """The shared vocabulary: the corpus words (same ids), template words, letters A-Z, objects."""
-    return WordVocab([*corpus_vocabulary(MAX_NUMBER).words[1:], *_TEMPLATE, *LETTERS, *OBJECTS])
+    return WordVocab([*corpus_vocabulary(MAX_NUMBER).words[1:], *_TEMPLATE, *LETTERS, *OBJECTS, *_SITS])
 
 
 def prompt_length(form: str, n: int, answered: int = 0) -> int:
@@ -84,10 +88,11 @@ def render(form: str, values: list[str], labels: list[str], query: str,
     """
     words, vpos, lpos = ["<s>"], [], []
     for k, (v, lab) in enumerate(zip(values, labels)):
-        if form == "contains":
-            words += ["The"] if k == 0 else [",", "the"]
+        if form in VALUE_FIRST:  # contains: "The cup is in Box T"; sits: "My cup sits in crate T" (same slots)
+            det = ("The", "the") if form == "contains" else ("My", "my")
+            words += [det[0]] if k == 0 else [",", det[1]]
             vpos.append(len(words))
-            words += [v, "is", "in", "Box"]
+            words += [v, "is", "in", "Box"] if form == "contains" else [v, "sits", "in", "crate"]
             lpos.append(len(words))
             words.append(lab)
         else:
@@ -98,8 +103,8 @@ def render(form: str, values: list[str], labels: list[str], query: str,
             vpos.append(len(words))
             words.append(v)
     words += ["."]
-    box = ["Box"] if form in ("contains", "holds") else []
-    tail = {"contains": ["contains", "the"], "holds": ["holds", "the"], "assign": ["is"]}[form]
+    box = {"contains": ["Box"], "holds": ["Box"], "sits": ["Crate"], "assign": []}[form]
+    tail = {"contains": ["contains", "the"], "holds": ["holds", "the"], "sits": ["holds", "my"], "assign": ["is"]}[form]
     for lab, v in answered:  # training only: earlier queries, answered, so next-token loss sees each
         words += [*box, lab, *tail, v, "."]
     qpos = len(words) + len(box)
@@ -231,6 +236,21 @@ def batch_of(cfg: Config, rows: list[Row]) -> TaskBatch:
     return TaskBatch(tokens, lab["answer_pos"].copy(), target, candidates, groups, lab)
 
 
+def hints(batch: TaskBatch) -> dict[str, np.ndarray]:
+    """Training hints (`train.hints`), two kinds: each box's label position should already name the box's value
+    (`value_at_label`), and the last position the query label (`query_label_at_last`). These are the two steps
+    a tiny model does not find on its own (docs/methods/prakash2024.md); a hint says what a position should
+    know, never where to attend. Per kind: (n, T) token ids, -100 where there is no hint."""
+    value = np.full(batch.tokens.shape, -100, dtype=np.int64)
+    for i in range(len(batch)):
+        labels, values = np.flatnonzero(batch.groups["labels"][i]), np.flatnonzero(batch.groups["objects"][i])
+        value[i, labels] = batch.tokens[i, values]
+    query = np.full(batch.tokens.shape, -100, dtype=np.int64)
+    rows = np.arange(len(batch))
+    query[rows, batch.answer_pos] = batch.tokens[rows, batch.labels["query_label_pos"]]
+    return {"value_at_label": value, "query_label_at_last": query}
+
+
 def _task(name: str, cfg: Config, salt: int) -> Task:
     def sample(n: int, split: str, seed: int) -> TaskBatch:
         rng = split_rng(split, seed, salt)
@@ -238,7 +258,9 @@ def _task(name: str, cfg: Config, salt: int) -> Task:
 
     example = " ".join(render(cfg.form, cfg.value_words[:3], list("TAD"), "A")[0])
     return Task(name, VERSION, len(entity_vocabulary()), cfg.seq_len, sample, TOKEN_GROUPS,
-                f"{example}  ->  {cfg.value_words[1]}", entity_vocabulary())
+                f"{example}  ->  {cfg.value_words[1]}", entity_vocabulary(),
+                # a label before its value (holds, assign) cannot know the value yet: hints only where it follows
+                hints if cfg.form in VALUE_FIRST else None)
 
 
 _SHARED = (
@@ -312,8 +334,9 @@ def make_entity_tracking(n_boxes: int = 7, min_boxes: int | None = None, max_box
 @TASKS.register(
     "entity_binding",
     params=(*_SHARED,
-            Param("form", "choice", default="holds", choices=("holds", "assign"),
-                  doc="'holds': Box T holds the cup ... Box T holds the; 'assign': T = cup ... T is"),
+            Param("form", "choice", default="holds", choices=("holds", "assign", "sits"),
+                  doc="'holds': Box T holds the cup ... Box T holds the; 'assign': T = cup ... T is; 'sits': My cup "
+                      "sits in crate T ... Crate T holds my (entity_tracking's slots, other words)"),
             Param("values", "choice", default="objects", choices=("objects", "numbers"),
                   doc="what is bound to the letters: the entity task's objects, or numbers 0..9"),
             Param("n_objects", "int", default=len(OBJECTS), min=3, max=len(OBJECTS), doc="objects drawn from")),
@@ -325,7 +348,7 @@ def make_entity_binding(n_boxes: int = 7, min_boxes: int | None = None, max_boxe
                         n_labels: int = 26, eval_fraction: float = 0.2, train_queries: int = 1,
                         form: str = "holds", values: str = "objects", n_objects: int = len(OBJECTS)) -> Task:
     """Auxiliary binding task (letter -> value lookup in another sentence form) for fine-tuning."""
-    if form not in ("holds", "assign"):
-        raise ValueError(f"entity_binding: unknown form {form!r} (allowed: holds, assign)")
+    if form not in ("holds", "assign", "sits"):
+        raise ValueError(f"entity_binding: unknown form {form!r} (allowed: holds, assign, sits)")
     cfg = Config(form, n_boxes, min_boxes, max_boxes, n_objects, n_labels, values, eval_fraction, train_queries)
     return _task("entity_binding", cfg, 0xB1)
