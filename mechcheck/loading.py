@@ -84,8 +84,9 @@ def _local_path(path: str) -> Path:
 def _load_payload(spec, seed: int, ctx: BuildContext) -> dict[str, Any]:
     from mechcheck.models import check_checkpoint_dir
 
+    extra = {k: v for k, v in (("dtype", spec.dtype), ("adapter", spec.adapter)) if v}  # keyless when unset
     if not spec.path:
-        return {"recipe": "load", "hub": spec.hub, "revision": spec.revision}
+        return {"recipe": "load", "hub": spec.hub, "revision": spec.revision, **extra}
     written = _load_path(spec, seed)
     path = _local_path(written)
     check_checkpoint_dir(path)
@@ -95,7 +96,23 @@ def _load_payload(spec, seed: int, ctx: BuildContext) -> dict[str, Any]:
         known = (stamp, *_fingerprint(path))
         ctx.fingerprints[str(path)] = known
     # spec.path as written for a package path (pkg:...): the key must not depend on where it is installed
-    return {"recipe": "load", "path": written if is_pkg_path(written) else str(path), "fingerprint": known[1]}
+    return {"recipe": "load", "path": written if is_pkg_path(written) else str(path), "fingerprint": known[1], **extra}
+
+
+def merge_adapter(model, adapter: str):
+    """`model` with a LoRA adapter (hub id or local directory) merged into its weights, via `peft` (the optional
+    extra `mechcheck[peft]`): the result is a plain model, so every intervention sees ordinary layers."""
+    from mechcheck.models import resolve_local_or_hub
+
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        from mechcheck.errors import ClaimSkipped
+
+        raise ClaimSkipped(f"adapter {adapter!r} needs the peft package (pip install 'mechcheck[peft]')") from exc
+    path = Path(adapter).expanduser()
+    where, local = (str(path), True) if path.is_dir() else resolve_local_or_hub(adapter)
+    return PeftModel.from_pretrained(model, where, local_files_only=local).merge_and_unload()
 
 
 @RECIPES.register("load", doc="load a local Hugging Face directory (safetensors only) or a hub id",
@@ -109,8 +126,11 @@ def build_load(spec, seed: int, ctx: BuildContext) -> Built:
             where, local = str(_local_path(_load_path(spec, seed))), True
         else:
             where, local = resolve_local_or_hub(spec.hub)
-        model = load_checkpoint(where, local=local, revision=spec.revision)
+        model = load_checkpoint(where, local=local, revision=spec.revision, dtype=spec.dtype)
+        if spec.adapter:
+            model = merge_adapter(model, spec.adapter)
         task = make_task(spec.task) if spec.task else None
-        info = load_facts(spec, seed, ctx)
+        info = {**load_facts(spec, seed, ctx), **({"dtype": spec.dtype} if spec.dtype else {}),
+                **({"adapter": spec.adapter} if spec.adapter else {})}
         ctx.memo[key] = Built(model, key, "load", False, info, task, (where, local, spec.revision))
     return ctx.memo[key]

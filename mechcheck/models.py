@@ -214,8 +214,9 @@ def check_checkpoint_dir(path: Path) -> None:
         raise CheckpointError(f"{str(path)!r} has no *.safetensors weights{hint}")
 
 
-def load_checkpoint(location: str, local: bool, revision: str | None = None):
-    """Load a HF model from a local directory or a hub id, from safetensors only, with eager attention."""
+def load_checkpoint(location: str, local: bool, revision: str | None = None, dtype: str | None = None):
+    """Load a HF model from a local directory or a hub id, from safetensors only, with eager attention; `dtype`
+    (float32 / float16 / bfloat16) casts the weights on load (default: as saved)."""
     from transformers import AutoConfig
 
     if local and Path(location).is_dir():
@@ -235,7 +236,8 @@ def load_checkpoint(location: str, local: bool, revision: str | None = None):
         with fork:
             torch.manual_seed(0)
             model = cls.from_pretrained(location, config=config, revision=revision, use_safetensors=True,
-                                        local_files_only=local, attn_implementation="eager")
+                                        local_files_only=local, attn_implementation="eager",
+                                        **({"dtype": getattr(torch, dtype)} if dtype else {}))
     except OSError as exc:
         raise CheckpointError(f"could not load {location!r} as a {cls.__name__}: {exc}") from exc
     finally:

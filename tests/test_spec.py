@@ -203,6 +203,15 @@ BAD_CASES = [
     ("lr-zero", {"claims/bad.yaml": claim({4: "  base: {recipe: finetune, from: tiny_cdm, task: copy, "
                                               "train: {steps: 3, lr: 0}}"})}, "ci",
      ["bad.yaml:4: models.base.train.lr: must be > 0, got 0.0"]),
+    ("bad-hints", {"claims/bad.yaml": claim({4: "  base: {recipe: finetune, from: tiny_cdm, task: copy, "
+                                                "train: {steps: 3, hints: {layer: 0}}}"})}, "ci",
+     ["bad.yaml:4: models.base.train.hints: hints.layer is the number of blocks"]),
+    ("hints-unknown-key", {"claims/bad.yaml": claim({4: "  base: {recipe: finetune, from: tiny_cdm, task: copy, "
+                                                        "train: {steps: 3, hints: {layer: 1, wieght: 2}}}"})}, "ci",
+     ["models.base.train.hints: hints has the keys layer (required) and weight; got ['layer', 'wieght']"]),
+    ("stop-at-above-one", {"claims/bad.yaml": claim({4: "  base: {recipe: finetune, from: tiny_cdm, task: copy, "
+                                                        "train: {steps: 3, stop_at: 1.5}}"})}, "ci",
+     ["models.base.train.stop_at"]),
     ("fixture-name-not-stem", {"fixtures/tasks/copy.yaml": "name: copy2\ngenerator: copy_first\n",
                                "claims/bad.yaml": claim({6: "  task: copy"})}, "ci",
      ["copy.yaml:1: name: name 'copy2' must equal the file name 'copy'"]),

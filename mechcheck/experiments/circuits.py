@@ -103,7 +103,8 @@ def _solved_pairs(ctx, make, n: int, batch_size: int):
         raise ValueError(f"correct_only: the model solves {len(solved)} of {4 * n} counterfactual prompts; "
                          f"discovery needs {min(n, 20)} at least")
     keep = solved[:n]
-    return clean.subset(keep), corrupt.subset(keep), {k: np.asarray(v)[keep] for k, v in positions.items()}
+    kept = None if positions is None else {k: np.asarray(v)[keep] for k, v in positions.items()}
+    return clean.subset(keep), corrupt.subset(keep), kept
 
 
 def _discovery(ctx: PlanContext, discover: dict, batch_size: int):

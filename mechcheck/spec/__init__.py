@@ -61,6 +61,10 @@ class ModelSpec:
     path: str | None = None
     hub: str | None = None
     revision: str | None = None
+    #: `load` only: the weights' dtype (default: as saved) and a LoRA adapter (hub id or directory, via `peft`)
+    #: merged into them
+    dtype: str | None = None
+    adapter: str | None = None
     #: where `path` / `hub` is written (file `file`), for errors only a model can reveal (missing checkpoint)
     source_line: int | None = None
     source_field: str = ""

@@ -34,7 +34,7 @@ _FIXTURE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # no "/": a name neve
 _CLAIM_KEYS = ("id", "statement", "source", "tags", "models", "data", "seeds", "experiment", "expect", "profiles")
 _CLAIM_OVERLAY = ("models", "data", "seeds", "experiment", "expect")
 _MODEL_KEYS = ("name", "description", "recipe", "architecture", "task", "train", "from", "path", "hub", "revision",
-               "seed", "profiles")
+               "dtype", "adapter", "seed", "profiles")
 _MODEL_OVERLAY = tuple(k for k in _MODEL_KEYS if k not in ("name", "recipe", "profiles"))
 _TASK_KEYS = ("name", "description", "generator", "args", "profiles")
 _TASK_OVERLAY = ("args", "description")
@@ -70,6 +70,7 @@ _RECIPE_RULES = {
     "train": (_TRAINED, _TRAINED),
     "from": (("finetune",), ("finetune", "scratch")),
     "path": ((), ("load",)), "hub": ((), ("load",)), "revision": ((), ("load",)),
+    "dtype": ((), ("load",)), "adapter": ((), ("load",)),
     "seed": ((), _TRAINED),
 }
 
@@ -223,6 +224,8 @@ class _Loader:
         elif isinstance(where["path"], str):  # relative to the file that says it, not to the working directory
             p = Path(where["path"]).expanduser()
             where["path"] = os.path.normpath(p if p.is_absolute() else Path(os.path.abspath(f.file)).parent / p)
+        where["dtype"] = _get(m, Param("dtype", "choice", choices=("float32", "float16", "bfloat16")), prefix, f)
+        where["adapter"] = _get(m, Param("adapter", "str"), prefix, f)
         fixed_seed = _get(m, Param("seed", "int", min=0), prefix, f) if "seed" in m else None
         broken = ("task" in m and task is None) or ("from" in m and parent is None)
         if broken or len(self.errors) > n0:

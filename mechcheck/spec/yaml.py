@@ -164,10 +164,16 @@ def parse(path: Path, errors: list[SpecError]) -> YMap | None:
     return doc
 
 
+#: mappings that are one whole (a circuit's groups, discovery steps in order): an overlay replaces them
+WHOLE = ("circuit", "groups", "steps")
+
+
 def merge(base: Any, over: Any, single: Sequence[str] = ()) -> Any:
     """`over` deep-merged into `base`: mappings merge recursively, anything else is replaced.
 
-    Keys in `single` hold a one-key mapping ({name: args}): naming another name there replaces it.
+    Keys in `single` hold a one-key mapping ({name: args}): naming another name there replaces it. Mappings under
+    the keys in `WHOLE` are replaced, not merged: a circuit or a sequence of discovery steps written in an overlay
+    is the whole of it (merging would keep the base's other groups and their order).
     """
     if not (isinstance(base, YMap) and isinstance(over, YMap)):
         return over
@@ -177,7 +183,7 @@ def merge(base: Any, over: Any, single: Sequence[str] = ()) -> Any:
     for k, v in over.items():
         b = base.get(k)
         switched = k in single and isinstance(b, dict) and isinstance(v, dict) and set(b) != set(v)
-        out.put(k, v if switched or k not in base else merge(b, v), *over.lines[k])
+        out.put(k, v if switched or k not in base or k in WHOLE else merge(b, v), *over.lines[k])
     return out
 
 

@@ -126,6 +126,8 @@ class Config:
     eval_fraction: float = 0.2
     train_queries: int = 1
     repeat_objects: bool = False
+    #: a Hugging Face tokenizer (hub id, local directory or pkg: path) instead of the word vocabulary
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         lo, hi = self.train_range
@@ -145,6 +147,8 @@ class Config:
     def value_words(self) -> list[str]:
         if self.values == "numbers":
             return [str(i) for i in range(MAX_NUMBER + 1)]
+        if self.tokenizer:  # the objects that are one token for this tokenizer, as the paper's were for Llama
+            return [w for w in OBJECTS if w in token_vocabulary(self.tokenizer).ids][: self.n_objects]
         return list(OBJECTS[: self.n_objects])
 
     @property
@@ -207,13 +211,54 @@ def draw_row(cfg: Config, rng: np.random.Generator, split: str, n: int | None = 
     raise RuntimeError("entity: could not draw a prompt of the requested split (eval_fraction too extreme?)")
 
 
+class TokenVocab:
+    """The words of these tasks as single tokens of a real tokenizer: each word is encoded on its own, with the
+    leading space it has inside a sentence, and kept only if that is one token, so every prompt keeps the word
+    layout's positions. Position 0 (`<s>`) is the tokenizer's BOS token (its CLS token if it has no BOS)."""
+
+    def __init__(self, name: str) -> None:
+        from mechcheck.tasks.cdm import _load_tokenizer
+
+        self.name, self.tokenizer = name, _load_tokenizer(name)
+        tok = self.tokenizer
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+        if bos is None:
+            raise ValueError(f"entity: tokenizer {name!r} has neither a BOS nor a CLS token for position 0")
+        self.ids: dict[str, int] = {"<s>": int(bos)}
+        for w in dict.fromkeys([*entity_vocabulary().words[1:], *OBJECTS]):
+            if w == "<s>":
+                continue
+            got = tok(" " + w, add_special_tokens=False)["input_ids"]
+            if len(got) == 1:
+                self.ids[w] = int(got[0])
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    def encode(self, words: list[str]) -> list[int]:
+        missing = [w for w in dict.fromkeys(words) if w not in self.ids]
+        if missing:
+            raise ValueError(f"entity: with tokenizer {self.name!r} the words {missing} are not single tokens, so "
+                             "prompts would not keep their positions")
+        return [self.ids[w] for w in words]
+
+
+_TOKEN_VOCABS: dict[str, TokenVocab] = {}
+
+
+def token_vocabulary(name: str) -> TokenVocab:
+    if name not in _TOKEN_VOCABS:
+        _TOKEN_VOCABS[name] = TokenVocab(name)
+    return _TOKEN_VOCABS[name]
+
+
 def batch_of(cfg: Config, rows: list[Row]) -> TaskBatch:
     """Rows rendered into one right-padded `TaskBatch` with its token groups and labels."""
-    vocab = entity_vocabulary()
+    vocab = token_vocabulary(cfg.tokenizer) if cfg.tokenizer else entity_vocabulary()
     value_words = cfg.value_words
     candidates = vocab.encode(value_words)
     n, T = len(rows), max(prompt_length(cfg.form, len(r.values), len(r.answered)) for r in rows)
-    tokens = np.zeros((n, T), dtype=np.int64)
+    pad_id = vocab.pad_id if cfg.tokenizer else 0
+    tokens = np.full((n, T), pad_id, dtype=np.int64)
+    texts: list[str] = []
     groups = {g: np.zeros((n, T), dtype=bool) for g in TOKEN_GROUPS}
     lab = {k: np.zeros(n, dtype=np.int64) for k in LABELS}
     target = np.zeros(n, dtype=np.int64)
@@ -222,6 +267,7 @@ def batch_of(cfg: Config, rows: list[Row]) -> TaskBatch:
                             LETTERS[r.query_label],
                             tuple((LETTERS[r.labels[b]], value_words[r.values[b]]) for b in r.answered))
         tokens[i, : len(words)] = vocab.encode(words)
+        texts.append(" ".join(words[1:]))
         groups["labels"][i, pos["labels"]] = True
         groups["objects"][i, pos["values"]] = True
         groups["query_label"][i, pos["query"]] = True
@@ -233,7 +279,8 @@ def batch_of(cfg: Config, rows: list[Row]) -> TaskBatch:
         lab["answer_pos"][i] = pos["answer"]
         lab["n_boxes"][i] = len(r.values)
         target[i] = r.values[r.query]
-    return TaskBatch(tokens, lab["answer_pos"].copy(), target, candidates, groups, lab)
+    return TaskBatch(tokens, lab["answer_pos"].copy(), target, candidates, groups, lab,
+                     texts=texts if cfg.tokenizer else None, pad_id=pad_id)
 
 
 def hints(batch: TaskBatch) -> dict[str, np.ndarray]:
@@ -257,6 +304,14 @@ def _task(name: str, cfg: Config, salt: int) -> Task:
         return batch_of(cfg, [draw_row(cfg, rng, split) for _ in range(n)])
 
     example = " ".join(render(cfg.form, cfg.value_words[:3], list("TAD"), "A")[0])
+    if cfg.tokenizer:
+        vocab = token_vocabulary(cfg.tokenizer)
+        if len(cfg.value_words) < max(cfg.n_boxes, cfg.train_range[1]) + 1:
+            raise ValueError(f"entity: tokenizer {cfg.tokenizer!r} has only {len(cfg.value_words)} single-token "
+                             "objects; more boxes need more")
+        vocab.encode(render(cfg.form, cfg.value_words[:1], list(LETTERS[: cfg.n_labels]), "A")[0])  # all one token
+        return Task(name, VERSION, len(vocab.tokenizer), cfg.seq_len, sample, TOKEN_GROUPS,
+                    f"{example}  ->  {cfg.value_words[1]}", vocab.tokenizer, None)
     return Task(name, VERSION, len(entity_vocabulary()), cfg.seq_len, sample, TOKEN_GROUPS,
                 f"{example}  ->  {cfg.value_words[1]}", entity_vocabulary(),
                 # a label before its value (holds, assign) cannot know the value yet: hints only where it follows
@@ -273,6 +328,10 @@ _SHARED = (
           doc="train split only: query sentences per prompt, all but the last answered in the prompt (more "
               "supervised lookups per prompt with loss: lm)"),
 )
+_TOKENIZER = Param("tokenizer", "str",
+                   doc="a Hugging Face tokenizer (hub id, local directory or pkg: path) instead of the word "
+                       "vocabulary; every word must be one token (objects that are not are left out), so positions "
+                       "stay the word layout's; <s> is its BOS (or CLS) token")
 _REPEAT = Param("repeat_objects", "bool", default=False,
                 doc="train split only: objects drawn with replacement (one may be in several boxes), so next-token "
                     "loss on the context carries no 'avoid the objects already present' signal")
@@ -312,7 +371,7 @@ def _desiderata(args, kind: str, n: int, seed: int, split: str = "eval"):
     "entity_tracking",
     params=(*_SHARED,
             Param("n_objects", "int", default=len(OBJECTS), min=3, max=len(OBJECTS), doc="objects drawn from"),
-            _REPEAT),
+            _REPEAT, _TOKENIZER),
     version=VERSION,
     token_groups=TOKEN_GROUPS,
     labels=LABELS,
@@ -320,14 +379,16 @@ def _desiderata(args, kind: str, n: int, seed: int, split: str = "eval"):
     counterfactual=_counterfactual,
     desiderata=_desiderata,
     desiderata_names=("positional", "object_value", "box_label_value"),
-    keyless_defaults={"repeat_objects": False},  # added later: cache keys of existing tasks stay as they were
+    # added later: cache keys of existing tasks stay as they were
+    keyless_defaults={"repeat_objects": False, "tokenizer": None},
 )
 def make_entity_tracking(n_boxes: int = 7, min_boxes: int | None = None, max_boxes: int | None = None,
                          n_labels: int = 26, eval_fraction: float = 0.2, train_queries: int = 1,
-                         n_objects: int = len(OBJECTS), repeat_objects: bool = False) -> Task:
+                         n_objects: int = len(OBJECTS), repeat_objects: bool = False,
+                         tokenizer: str | None = None) -> Task:
     """Entity tracking: which object is in the queried box (Prakash et al. 2024's box task)."""
     cfg = Config("contains", n_boxes, min_boxes, max_boxes, n_objects, n_labels, "objects", eval_fraction,
-                 train_queries, repeat_objects)
+                 train_queries, repeat_objects, tokenizer)
     return _task("entity_tracking", cfg, 0xE7)
 
 

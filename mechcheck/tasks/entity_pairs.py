@@ -38,7 +38,7 @@ __all__ = ["PairedBatch", "counterfactual", "positional", "object_value", "box_l
            "mean_reference", "config", "DESIDERATA"]
 
 DESIDERATA = ("positional", "object_value", "box_label_value")
-_ARGS = ("n_boxes", "n_objects", "n_labels", "eval_fraction", "form", "values")
+_ARGS = ("n_boxes", "n_objects", "n_labels", "eval_fraction", "form", "values", "tokenizer")
 _SALT = {"counterfactual": 0xC1, "positional": 0xD1, "object_value": 0xD2, "box_label_value": 0xD3, "mean": 0xA1}
 
 
