@@ -186,7 +186,8 @@ def _model(mode: str) -> dict[str, Any]:
         "task": _ref("task", True),
         "train": _fields(_TRAIN, True, train_extra),
         "from": _ref("model", True),
-        **{k: {"type": ["string", "null"]} for k in ("path", "hub", "revision")},
+        **{k: {"type": ["string", "null"]} for k in ("path", "hub", "revision", "adapter")},
+        "dtype": {"enum": ["float32", "float16", "bfloat16", None], "description": "load: cast the weights"},
         "seed": {"type": ["integer", "null"], "minimum": 0},
     }
     props["profiles"] = _profiles(_overlay(props, _MODEL_OVERLAY))
