@@ -77,6 +77,8 @@ def _kind(p: Param) -> dict[str, Any]:
         s = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
     elif k == "ints":
         s = {"type": "array", "items": {"type": "integer", **bounds}, "minItems": 1, "uniqueItems": True}
+    elif k == "floats":
+        s = {"type": "array", "items": {"type": "number", **bounds}, "minItems": 1}
     elif k == "strings":
         one = {"type": "string", **({"enum": list(p.choices)} if p.choices else {})}
         s = _one_or_list(one, one)

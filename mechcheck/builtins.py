@@ -28,4 +28,5 @@ import mechcheck.report.figures.geometry  # noqa: F401
 import mechcheck.tasks.cdm  # noqa: F401
 import mechcheck.tasks.corpus  # noqa: F401
 import mechcheck.tasks.entity  # noqa: F401
+import mechcheck.tasks.pcfg  # noqa: F401
 import mechcheck.tasks.toy  # noqa: F401

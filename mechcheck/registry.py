@@ -28,13 +28,14 @@ __all__ = ["Param", "Entry", "Registry", "TASKS", "EXPERIMENTS", "CHECKS", "RECI
 #: int, float (ints accepted), str, bool, choice (one of `choices`), layers (list of ints),
 #: head ([layer, head]), heads (list of [layer, head], or a selector string: "top_head", "top_<k>"),
 #: model (a role named in the claim's `models`), tokens (a token-group name of the task), mapping (free dict),
-#: ints (non-empty list of distinct ints within min/max), strings (non-empty list of distinct names; one of
+#: ints (non-empty list of distinct ints within min/max), floats (non-empty list of numbers within min/max,
+#: repeats allowed, e.g. a probability vector), strings (non-empty list of distinct names; one of
 #: `choices` each when choices are given; a single name is accepted as a list of one),
 #: label (one label of the claim's eval task), labels (non-empty list of distinct labels of the eval task; a
 #: single name is accepted as a list of one).
 PARAM_KINDS = (
     "int", "float", "str", "bool", "choice", "layers", "head", "heads", "model", "tokens", "mapping", "ints",
-    "strings", "label", "labels",
+    "floats", "strings", "label", "labels",
 )
 #: What `Param.limit` may name: "heads" = at most the number of heads (n_layers x n_heads) of the check's model.
 PARAM_LIMITS = ("heads",)

@@ -91,6 +91,8 @@ def _example(p: Param, role: str, pool: dict[str, Any], task: _Task) -> Any:
         start = int(max(lo or 1, 1))
         grid = [x for x in (16, 64, 256) if x >= start and (hi is None or x <= hi)]
         return grid or [start]
+    if k == "floats":
+        return [round(float(lo if lo is not None else 0.0), 4)]
     if k in ("tokens", "label", "labels"):
         names = task.groups if k == "tokens" else task.labels
         if not names:

@@ -103,6 +103,18 @@ def _value(v: Any, p: Param, line: int, path: str, f: _F, refs: _Refs) -> Any:
         if len(set(v)) != len(v):
             return bad(f"duplicate values in {_show(v)}")
         return list(v)
+    if k == "floats":
+        if not isinstance(v, list) or not v:
+            return bad(f"expected a non-empty list of numbers, got {_show(v)}")
+        for i, x in enumerate(v):
+            ok = isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+            if not ok or (p.min is not None and x < p.min) or (p.max is not None and x > p.max):
+                bounds = " and ".join(b for b in ("" if p.min is None else f">= {p.min:g}",
+                                                  "" if p.max is None else f"<= {p.max:g}") if b)
+                f.err(_item_line(v, i, line), f"{path}[{i}]",
+                      f"expected a number{' ' + bounds if bounds else ''}, got {_show(x)}")
+                return _BAD
+        return [float(x) for x in v]
     if k == "strings":
         if isinstance(v, str):
             v = [v]
