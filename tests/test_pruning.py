@@ -176,10 +176,10 @@ def test_scores_are_gradient_x_weight_summed_per_output_unit(arch):
     for name in names:
         n = Neuron.parse(name)
         module = hf.get_submodule(f"{_blocks_path(hf)}.{n.layer}.{n.module}")
-        w, g = module.weight, module.weight.grad
+        w, g = module.weight.detach(), module.weight.grad
         expected = float((w[:, n.index] * g[:, n.index]).sum() if conv1d else (w[n.index] * g[n.index]).sum())
         if module.bias is not None:
-            expected += float(module.bias[n.index] * module.bias.grad[n.index])
+            expected += float(module.bias.detach()[n.index] * module.bias.grad[n.index])
         assert scores.score(n) == pytest.approx(expected, rel=1e-4, abs=1e-8)
     assert all(p.grad is None for p in model.hf.parameters())  # the scored model keeps no gradients
 
