@@ -25,18 +25,39 @@ leaves head 0 at its mean everywhere, and every prompt gets the answer of the me
 So the answer is L0H0 (at every position) -> L1H0's values -> L1H0 at the last position -> logits: the circuit
 ``{"mover": ("last", [(1, 0)]), "copy": ("all", [(0, 0)])}`` is exactly faithful, path patching into L1H0's
 value input finds L0H0 as the only sender that matters, and heads 1 of both layers carry nothing.
+
+`wrapper_model` is a capability hidden under a one-neuron "wrapper" (as fine-tuning leaves one, Jain et al. 2024):
+the model above copies the source token, and one MLP neuron turns that answer into another one. Two extra tokens
+A' and B' (ids after the task's) are the wrapped answers; `wrapper_batches` gives the same prompts twice, with the
+candidates [A, B, A', B'] and the target the source (`pretrain`: the capability) or its primed twin (`finetune`:
+the wrapped behaviour, A -> A', B -> B').
+- the wrapper is MLP neuron 0 of block 0: it reads residual dim 2 (through ln_2; dim 2 is +1 on every token but
+  A and B, so at the answer position it is about 2.7 and the neuron fires, GELU(2.7) = 2.7) and writes +h into
+  dims 6, 7 and -h into dims 8, 9 (zero mean, so ln_f keeps the copied sign in dim 4);
+- unembedding: logit(A') = logit(A) + (dims 6 + 7 - 8 - 9) - dim 2 and logit(B') = logit(B) + the same. With the
+  neuron firing, the wrapper adds about +6.9 to both primed answers: the model answers A' for A and B' for B
+  (finetune accuracy 1, pretrain 0). Without it only the -dim 2 term is left (about -2.6): the copied answer wins
+  again (pretrain 1, finetune 0).
+As a pruning candidate the wrapper is `WRAPPER_NEURON`: output unit 0 of block 0's ``mlp.c_fc`` (column 0 of that
+Conv1D's weight, and its bias entry). Its output weights are spread over four residual dims, so no single output
+unit of ``mlp.c_proj`` carries more than a quarter of it. `noise` adds N(0, noise^2) to every weight (seeded), so
+that every neuron has a nonzero score and the wrapper must outrank all of them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["single_head_copy_model", "save_single_head_copy_model", "relay_model"]
+import numpy as np
+
+__all__ = ["single_head_copy_model", "save_single_head_copy_model", "relay_model", "wrapper_model",
+           "wrapper_batches", "WRAPPER_NEURON"]
 
 
-def single_head_copy_model(length: int = 6, n_layer: int = 1):
+def single_head_copy_model(length: int = 6, n_layer: int = 1, extra_tokens: int = 0):
     """The GPT-2 described above, for the `copy_first` task of the given prompt length (`n_layer` > 1: layer 0
-    as described, the other layers empty, for `relay_model` to fill)."""
+    as described, the other layers empty, for `relay_model` to fill; `extra_tokens`: that many more token ids
+    after the task's, never in a prompt, with zero embeddings and unembeddings, for `wrapper_model`)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -46,8 +67,8 @@ def single_head_copy_model(length: int = 6, n_layer: int = 1):
     vocab = task.vocab
     d, n_head = 16, 2
     d_head = d // n_head
-    cfg = GPT2Config(vocab_size=len(vocab), n_positions=length + 2, n_embd=d, n_layer=n_layer, n_head=n_head,
-                     tie_word_embeddings=False, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    cfg = GPT2Config(vocab_size=len(vocab) + extra_tokens, n_positions=length + 2, n_embd=d, n_layer=n_layer,
+                     n_head=n_head, tie_word_embeddings=False, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                      bos_token_id=0, eos_token_id=0)
     cfg._attn_implementation = "eager"
     model = GPT2LMHeadModel(cfg)
@@ -104,3 +125,51 @@ def save_single_head_copy_model(path: Path | str, length: int = 6) -> Path:
     path = Path(path)
     single_head_copy_model(length).save_pretrained(path, safe_serialization=True)
     return path
+
+
+#: the wrapper of `wrapper_model` as a pruning candidate (`mechcheck.interventions.pruning.Neuron`'s name)
+WRAPPER_NEURON = "blocks.0.mlp.c_fc[0]"
+
+
+def wrapper_model(length: int = 6, noise: float = 0.0, seed: int = 0):
+    """The copy model with a one-neuron wrapper described above (ids of A' and B': the task's vocabulary size
+    and the next one)."""
+    import torch
+
+    from mechcheck.tasks.toy import make_copy_first
+
+    vocab = make_copy_first(length).vocab
+    model = single_head_copy_model(length, extra_tokens=2)
+    a2, b2 = len(vocab), len(vocab) + 1
+    with torch.no_grad():
+        mlp = model.transformer.h[0].mlp
+        mlp.c_fc.weight[2, 0] = 1.0  # Conv1D (d, d_mlp): column 0 is neuron 0's input weights
+        for dim, sign in ((6, 1.0), (7, 1.0), (8, -1.0), (9, -1.0)):
+            mlp.c_proj.weight[0, dim] = sign  # Conv1D (d_mlp, d): row 0 is neuron 0's output weights
+        lm_head = model.lm_head.weight
+        for primed, plain in ((a2, vocab.ids["A"]), (b2, vocab.ids["B"])):
+            lm_head[primed] = lm_head[plain]
+            lm_head[primed, 6:10] = torch.tensor([1.0, 1.0, -1.0, -1.0])
+            lm_head[primed, 2] = -1.0
+        if noise:
+            g = torch.Generator().manual_seed(seed)
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * noise)
+    return model.eval()
+
+
+def wrapper_batches(n: int = 64, seed: int = 0, length: int = 6, split: str = "eval"):
+    """{"pretrain": the capability (answer: the source), "finetune": the wrapped behaviour (answer: its primed
+    twin)} on the same `copy_first` prompts, both with candidates [A, B, A', B']."""
+    from mechcheck.tasks.toy import make_copy_first
+
+    task = make_copy_first(length)
+    base = task.sample(n, split, seed)
+    primed = [len(task.vocab), len(task.vocab) + 1]
+    out = {}
+    for name, offset in (("pretrain", 0), ("finetune", 2)):
+        b = base.subset(np.arange(n))
+        b.candidates = [*base.candidates, *primed]
+        b.target = base.target + offset
+        out[name] = b
+    return out

@@ -16,9 +16,14 @@ them to a block of code and always removes them. On top of that:
 - `cmap`: cross-model activation patching of a circuit's head outputs (or q / k / v inputs);
 - `path_patching`: a sender head's effect on receiver heads' q / k / v inputs, all other heads frozen;
 - `discover_circuit`: groups of heads found from the logits backwards by iterative path patching;
-  `minimal_circuit` / `completeness`: the minimality rule and the completeness comparison.
+  `minimal_circuit` / `completeness`: the minimality rule and the completeness comparison;
+- `neuron_scores`, `prune`, `pruning_curve`: neurons (output units of the blocks' weight matrices) ranked by
+  gradient x weight on a task, pruned for the duration of a with-block, and the accuracy after pruning the top K;
+- `block_probes`: a linear probe per block of the residual stream at the answer position, with a shuffled-label
+  and an untrained-model null.
 
-The model's weights are never changed: interventions live in hooks, outside the module's parameters.
+Interventions live in hooks, outside the module's parameters, so the model's weights are never changed; the one
+exception is `prune`, which zeroes weights inside its with-block and restores them bit for bit on exit.
 """
 
 from mechcheck.interventions.circuits import (
@@ -34,10 +39,16 @@ from mechcheck.interventions.hooks import Forward, HookPoint, hooks
 from mechcheck.interventions.run import RunOutput, forward, reference, run, valid_positions
 from mechcheck.interventions.sites import Site, adapter_for, shape_of_config
 from mechcheck.interventions.sweep import Job, SweepResult, ablation_sweep
+from mechcheck.interventions.probes import ProbeResult, block_probes, block_reads, untrained_like
+from mechcheck.interventions.pruning import (
+    Neuron, NeuronScores, PruningCurve, candidate_neurons, neuron_scores, prune, pruning_curve, random_neurons,
+)
 
 __all__ = [
     "Ablate", "At", "Circuit", "Discovery", "Step", "discover_circuit", "Minimality", "completeness", "minimal_circuit", "Faithfulness", "Forward", "Group", "HookPoint", "Job", "KeepOnly", "Mask", "Patch",
     "PathResult", "Put", "Read", "Reference", "RunOutput", "Site", "SweepResult", "ablation_sweep", "adapter_for",
     "circuit_accuracy", "circuit_reference", "cmap", "cmap_edits", "faithfulness", "forward", "hooks", "keep_only",
     "path_patching", "positions_of", "random_circuits", "reference", "run", "shape_of_config", "valid_positions",
+    "Neuron", "NeuronScores", "PruningCurve", "candidate_neurons", "neuron_scores", "prune", "pruning_curve",
+    "random_neurons", "ProbeResult", "block_probes", "block_reads", "untrained_like",
 ]
