@@ -88,6 +88,8 @@ class ProbeResult:
 
     correct: (n_blocks, n_test) 0/1 of the probe on the held-out examples `test` (indices into the batch);
     untrained is None when that null was not asked for. not_converged counts fits that hit max_iter.
+    shuffled_correct / untrained_correct: the nulls' (n_blocks, n_test) 0/1 on the same held-out examples (the
+    shuffled probe scored against the shuffled labels), so a probe and its null can be compared example by example.
     """
 
     label: str
@@ -99,6 +101,8 @@ class ProbeResult:
     train: np.ndarray
     test: np.ndarray
     not_converged: int = 0
+    shuffled_correct: np.ndarray | None = None
+    untrained_correct: np.ndarray | None = None
 
     @property
     def blocks(self) -> list[int]:
@@ -146,7 +150,7 @@ def block_probes(model, batch, label: str | Any, *, train_frac: float = 0.5, see
     y_shuffled = np.random.default_rng([seed, 0x5A]).permutation(y)
     shuffled, nc = _held_out(X, y_shuffled, train, test, C, max_iter)
     not_converged += nc
-    untrained_acc = None
+    untrained_acc = u = None
     if untrained is not False:
         other = untrained_like(model, seed) if untrained is True else untrained
         u, nc = _held_out(block_reads(other, batch, batch_size=batch_size), y, train, test, C, max_iter)
@@ -154,4 +158,4 @@ def block_probes(model, batch, label: str | Any, *, train_frac: float = 0.5, see
     values, counts = np.unique(y[train], return_counts=True)
     chance = float(np.mean(y[test] == values[np.argmax(counts)]))
     return ProbeResult(name, correct.mean(axis=1), shuffled.mean(axis=1), untrained_acc, chance, correct, train,
-                       test, not_converged)
+                       test, not_converged, shuffled, u)
