@@ -5,6 +5,11 @@ Prompt: a source token (A or B), then filler tokens, then "?"; the answer is the
 A model can only answer by moving information from position 0 to the last position, i.e. through attention:
 `mechcheck.known_answer.single_head_copy_model` builds a GPT-2 in which exactly one head does that, so a claim
 about that head must pass and a claim about any other head must fail.
+
+`copy_wrapped`: the same prompts with two more answer tokens A' and B' (ids after copy_first's, as
+`mechcheck.known_answer.wrapper_model` has them) and the candidates [A, B, A', B']; `answer: source` asks for the
+source token (the capability the wrapper hides), `answer: primed` for its primed twin (A -> A', B -> B': the
+wrapped, "fine-tuned" behaviour). For testing the pruning experiments on the known-answer wrapper.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 from mechcheck.registry import TASKS, Param
 from mechcheck.tasks import Task, TaskBatch, WordVocab
 
-__all__ = ["make_copy_first", "VERSION"]
+__all__ = ["make_copy_first", "make_copy_wrapped", "VERSION"]
 
 VERSION = "1"
 N_FILLERS = 4
@@ -83,3 +88,30 @@ def make_copy_first(length: int = 6) -> Task:
                          [a_id, b_id], groups, {"source": target.astype(np.int64)})
 
     return Task("copy_first", VERSION, len(vocab), length, sample, TOKEN_GROUPS, "A f2 f0 f3 ?  ->  A", vocab)
+
+
+@TASKS.register(
+    "copy_wrapped",
+    params=(Param("length", "int", default=6, min=3, max=64, doc="prompt length in tokens"),
+            Param("answer", "choice", default="source", choices=("source", "primed"),
+                  doc="the source token (A / B) or its primed twin (A' / B')")),
+    version=VERSION,
+    token_groups=TOKEN_GROUPS,
+    labels=("source",),
+)
+def make_copy_wrapped(length: int = 6, answer: str = "source") -> Task:
+    """copy_first's prompts, answered with the source token or its primed twin among [A, B, A', B'] (module
+    docstring)."""
+    base = make_copy_first(length)
+    vocab = WordVocab([*base.vocab.words[1:], "A'", "B'"])
+    primed = [vocab.ids["A'"], vocab.ids["B'"]]
+    offset = 2 if answer == "primed" else 0
+
+    def sample(n: int, split: str, seed: int) -> TaskBatch:
+        b = base.sample(n, split, seed)
+        b.candidates = [*b.candidates, *primed]
+        b.target = b.target + offset
+        return b
+
+    return Task("copy_wrapped", VERSION, len(vocab), length, sample, TOKEN_GROUPS, "A f2 f0 f3 ?  ->  A (or A')",
+                vocab)
