@@ -853,10 +853,110 @@ def _overlap_rows() -> list[Row]:
     return rows
 
 
+def _pruning_rows() -> list[Row]:
+    """Pruning checks: per replicate, (len(ks), n) 0/1 correctness on the eval set at K = 0, 1, 4. The unpruned
+    accuracy is p0 + a[s] + b[x]; pruning the top 4 neurons adds `gain` to every example's probability (with a
+    share of the examples that were right turning wrong, so the flips are -1/0/+1); the null is unchanged."""
+    rows = []
+
+    def build(R, scope, gain, value, name, p0=0.3, regime="seed>ex"):
+        seed_sd, ex_sd = REGIMES[regime]
+
+        def make(rng, sim):
+            a = _seed_shift(rng, R, scope, seed_sd)
+            b = _uniform(rng, ex_sd, N)
+            base = np.clip(p0 + a[:, None] + b[None, :], 0.0, 1.0)
+            # K = 0 and K = 1: base; K = 4: base + gain, drawn from one uniform so that most examples keep their
+            # answer (a flip is -1 only where the draws differ): the effect's mean is exactly `gain`
+            u0, u4 = rng.random((R, N)), rng.random((R, N))
+            keep = rng.random((R, N)) < 0.7
+            u4 = np.where(keep, u0, u4)
+            acc0 = (u0 < base).astype(float)
+            acc4 = (u4 < np.clip(base + gain, 0.0, 1.0)).astype(float)
+            sign = 1.0 if name == "pruning_revives_at_least" else -1.0
+            if sign < 0:  # the fine-tuning set falls: the same draws with the roles of K = 0 and K = 4 swapped
+                acc0, acc4 = acc4, acc0
+            reps = [{"curve/acc/data": np.stack([acc0[i], acc0[i], acc4[i]]),
+                     "curve/null/data": np.stack([acc0[i]] * 3)} for i in range(R)]
+            return (_meas("pruning_revival", {"ks": [0, 1, 4]}, {"m": _role(reps, scope)}, sim, n_candidates=4),
+                    {"model": "m", "k": 4, "value": value, "task": "data"})
+        return make
+
+    for name in ("pruning_revives_at_least", "pruning_drops_at_least"):
+        for regime in REGIMES:
+            for R, scope in LAYOUTS2:
+                if scope == "recipe" and R == 1:
+                    continue
+                for planted, gain, value in (("at_threshold", 0.3, 0.3), ("null", 0.0, 0.0), ("above", 0.4, 0.3)):
+                    rows.append(Row(name, f"K=4 of ks 0,1,4, {regime}", R, planted,
+                                    build(R, scope, gain, value, name, regime=regime), scope, gain, value))
+    return rows
+
+
+def _probe_rows() -> list[Row]:
+    """Probe checks: per replicate, (blocks, n_test) 0/1 held-out correctness of the probe and of its nulls, the
+    same held-out examples in every replicate and role (crossed)."""
+    rows = []
+
+    def arrays(rng, R, scope, mu, null_mu, ex=None):
+        acc = bernoulli_crossed(rng, R, N, mu, 0.04, 0.1, scope, example=ex)
+        null = bernoulli_crossed(rng, R, N, null_mu, 0.02, 0.1, scope)
+        return [{"probe/correct": np.stack([null[i], acc[i]]), "probe/accuracy": np.array([null[i].mean(), acc[i].mean()]),
+                 "probe/shuffled_correct": np.stack([null[i], null[i]]),
+                 "probe/shuffled": np.array([null[i].mean()] * 2),
+                 "probe/untrained_correct": np.stack([null[i], null[i]]),
+                 "probe/untrained": np.array([null[i].mean()] * 2)} for i in range(R)]
+
+    def meta(R):
+        return [{"probe": {"chance": 0.5}} for _ in range(R)]
+
+    def bound(R, scope, mu):
+        def make(rng, sim):
+            roles = {"m": _role(arrays(rng, R, scope, mu, 0.5), scope, meta=meta(R))}
+            return (_meas("block_probes", {"label": "x"}, roles, sim, n_candidates=4),
+                    {"model": "m", "block": 1, "value": 0.7})
+        return make
+
+    def above(R, scope, diff, against):
+        def make(rng, sim):
+            roles = {"m": _role(arrays(rng, R, scope, 0.5 + diff, 0.5), scope, meta=meta(R))}
+            return (_meas("block_probes", {"label": "x"}, roles, sim, n_candidates=4),
+                    {"model": "m", "block": 1, "against": against, "by": 0.1})
+        return make
+
+    def close(R, scope, diff):
+        def make(rng, sim):
+            ex = _uniform(rng, 0.1, N)
+            roles = {"ft": _role(arrays(rng, R, scope, 0.7 + diff, 0.5, ex), scope, meta=meta(R)),
+                     "base": _role(arrays(rng, 1, "checkpoint", 0.7, 0.5, ex), "checkpoint", meta=meta(1))}
+            return (_meas("block_probes", {"label": "x"}, roles, sim, n_candidates=4),
+                    {"model": "ft", "than": "base", "block": 1, "within": 0.1})
+        return make
+
+    for R, scope in LAYOUTS:
+        if scope == "recipe" and R == 1:
+            continue
+        for planted, mu in (("at_threshold", 0.7), ("null", 0.5), ("above", 0.8)):
+            rows.append(Row("probe_accuracy_at_least", "block 1, seed>ex", R, planted, bound(R, scope, mu), scope,
+                            mu, 0.7))
+        for against in ("shuffled", "untrained"):
+            for planted, diff in (("at_threshold", 0.1), ("null", 0.0), ("above", 0.2)):
+                rows.append(Row("probe_above_null", f"{against} null 0.5, by 0.1", R, planted,
+                                above(R, scope, diff, against), scope, diff, 0.1))
+        for planted, diff in (("at_threshold", 0.1), ("null", 0.15), ("above", 0.0)):
+            rows.append(Row("probe_accuracy_close", "recipe vs one checkpoint, within 0.1", R, planted,
+                            close(R, scope, diff), scope, diff, 0.1,
+                            note="at_threshold: |d| = within; above: d = 0 (the claim holds)"))
+        for planted, diff in (("at_threshold", -0.1),):
+            rows.append(Row("probe_accuracy_close", "recipe vs one checkpoint, within 0.1, d < 0", R, planted,
+                            close(R, scope, diff), scope, diff, 0.1))
+    return rows
+
+
 def all_rows() -> list[Row]:
     rows = (_accuracy_rows() + _effect_rows() + _higher_rows() + _attention_rows() + _top_heads_rows() + _centroid_rows()
             + _decoding_rows() + _geometry_rows() + _efficiency_rows() + _circuit_rows()
-            + _dcm_rows() + _overlap_rows())
+            + _dcm_rows() + _overlap_rows() + _pruning_rows() + _probe_rows())
     missing = set(CHECKS.names()) - {r.check for r in rows}
     if missing:
         raise RuntimeError(f"checks without calibration rows: {sorted(missing)}")
@@ -895,6 +995,11 @@ QUICK = (
     ("patching_accuracy_at_least", "seed>ex", 3, "recipe", "at_threshold"),
     ("patching_accuracy_higher", "recipe vs one checkpoint, same pairs", 3, "recipe", "at_threshold"),
     ("circuit_contains", "10 reference heads, 4 x 8 model", 3, "recipe", "at_threshold"),
+    ("pruning_revives_at_least", "K=4 of ks 0,1,4, seed>ex", 3, "recipe", "at_threshold"),
+    ("pruning_drops_at_least", "K=4 of ks 0,1,4, ex>seed", 1, "checkpoint", "at_threshold"),
+    ("probe_accuracy_at_least", "block 1, seed>ex", 1, "checkpoint", "at_threshold"),
+    ("probe_above_null", "untrained null 0.5, by 0.1", 3, "recipe", "at_threshold"),
+    ("probe_accuracy_close", "recipe vs one checkpoint, within 0.1", 3, "recipe", "at_threshold"),
 )
 
 
