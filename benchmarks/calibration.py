@@ -901,7 +901,8 @@ def _probe_rows() -> list[Row]:
     def arrays(rng, R, scope, mu, null_mu, ex=None):
         acc = bernoulli_crossed(rng, R, N, mu, 0.04, 0.1, scope, example=ex)
         null = bernoulli_crossed(rng, R, N, null_mu, 0.02, 0.1, scope)
-        return [{"probe/correct": np.stack([null[i], acc[i]]), "probe/accuracy": np.array([null[i].mean(), acc[i].mean()]),
+        return [{"probe/correct": np.stack([null[i], acc[i]]),
+                 "probe/accuracy": np.array([null[i].mean(), acc[i].mean()]),
                  "probe/shuffled_correct": np.stack([null[i], null[i]]),
                  "probe/shuffled": np.array([null[i].mean()] * 2),
                  "probe/untrained_correct": np.stack([null[i], null[i]]),

@@ -170,7 +170,8 @@ def test_pruning_the_wrapper_neuron_revives_the_capability_through_the_cli(claim
     assert r.returncode == 1, show(r)  # the random-neuron claim is false on purpose
     _, report = the_report(claim_tree.root / "r")
     claims = {c.id: c for c in report.claims}
-    revives, rand, probes = claims["known.wrapper_pruning"], claims["known.random_pruning"], claims["known.wrapper_probes"]
+    revives, rand = claims["known.wrapper_pruning"], claims["known.random_pruning"]
+    probes = claims["known.wrapper_probes"]
     assert revives.outcome == "passed", revives
     gain, drop = (c.effect for c in revives.checks)
     assert gain.estimate == 1.0 and drop.estimate == 1.0 and gain.scope == "checkpoint"
@@ -272,8 +273,9 @@ def _probe_meas(accs, nulls=(0.5, 0.5, 0.5), R=3, n=200, scope="recipe", seed=0,
             correct = (rng.random((len(accs), n)) < np.asarray(accs)[:, None] + shift).astype(float)
             shuffled = (rng.random((len(accs), n)) < 0.5).astype(float)
             untrained = (rng.random((len(accs), n)) < np.asarray(nulls)[:, None]).astype(float)
-            reps.append({"probe/correct": correct, "probe/accuracy": correct.mean(1), "probe/shuffled_correct": shuffled,
-                         "probe/shuffled": shuffled.mean(1), "probe/untrained_correct": untrained,
+            reps.append({"probe/correct": correct, "probe/accuracy": correct.mean(1),
+                         "probe/shuffled_correct": shuffled, "probe/shuffled": shuffled.mean(1),
+                         "probe/untrained_correct": untrained,
                          "probe/untrained": untrained.mean(1)})
         return _role(reps, scope, [{"probe": {"chance": 0.5}} for _ in range(R)])
 
@@ -304,8 +306,8 @@ def test_probe_above_null_verdicts(against, by, outcome):
 @pytest.mark.parametrize("other, within, outcome", [(0.8, 0.1, "passed"), (0.45, 0.2, "failed"),
                                                     (0.75, 0.05, "inconclusive")])
 def test_probe_accuracy_close_verdicts(other, within, outcome):
-    got = _judge(_probe_meas([0.5, 0.8, 0.8], other=[0.5, other, other]), "probe_accuracy_close", model="m", than="o", block=1,
-                 within=within)
+    got = _judge(_probe_meas([0.5, 0.8, 0.8], other=[0.5, other, other]), "probe_accuracy_close", model="m",
+                 than="o", block=1, within=within)
     assert got.outcome == outcome, got.message
     _agrees(got, within, "<=")
     d = got.details["difference"]

@@ -28,7 +28,8 @@ __all__ = ["pruning_revives_at_least", "pruning_drops_at_least"]
 
 _EXP = ("pruning_revival",)
 _ARGS = (
-    Param("k", "int", required=True, min=0, within="ks", doc="number of top neurons pruned (one of the experiment's ks)"),
+    Param("k", "int", required=True, min=0, within="ks",
+          doc="number of top neurons pruned (one of the experiment's ks)"),
     Param("value", "float", required=True, min=0.0, max=1.0, doc="accuracy change threshold"),
     Param("task", "str", default=DATA, doc="eval set: 'data' (the claim's data) or a name of the experiment's `also`"),
     Param("neurons", "choice", default="top", choices=("top", "random"),
@@ -48,8 +49,8 @@ def _changes(ctx: CheckContext, model: str, task: str, k: int, kind: str, sign: 
                         "the others are the experiment's `also`)", allowed=tuple(sets))
     key = f"curve/{kind}/{task}"
     if key not in data.replicates[0]:
-        raise ctx.error(f"the experiment measured no random-neuron null (random: false): neurons: random and the "
-                        f"control need it")
+        raise ctx.error("the experiment measured no random-neuron null (random: false): neurons: random and the "
+                        "control need it")
     i, i0 = ks.index(k), ks.index(0)
     return [sign * (np.asarray(c)[i] - np.asarray(c)[i0]) for c in data.values(key)]
 

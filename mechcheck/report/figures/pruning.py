@@ -57,6 +57,8 @@ def pruning_figures(claim: ClaimResult, fig_dir: Path) -> list[Path]:
                 if null:
                     ax.plot(ks, _mean_curve(null), color=color, lw=1.2, ls=":", label=f"{name}: K random")
             ax.set_ylim(-0.02, 1.02)
+            if len(ks) <= 16:
+                ax.set_xticks(ks)
             ax.set_xlabel("neurons pruned (K)", fontsize=9)
             ax.set_ylabel("accuracy", fontsize=9)
             ax.set_title(f"{role} ({m.get('fixture', '?')})", fontsize=9)
@@ -106,8 +108,8 @@ def probe_figures(claim: ClaimResult, fig_dir: Path) -> list[Path]:
             ax.set_title(f"{role} ({m.get('fixture', '?')})", fontsize=9)
             ax.legend(fontsize=7, frameon=False)
         label = (exp.get("args") or {}).get("label", "?")
-        fig.suptitle(f"{claim.id}\nlinear probe of '{label}' at the answer position ({replicates_phrase(counts or [1])})",
-                     fontsize=9)
+        fig.suptitle(f"{claim.id}\nlinear probe of '{label}' at the answer position "
+                     f"({replicates_phrase(counts or [1])})", fontsize=9)
         return write(fig, fig_dir, f"{safe_name(claim.id)}_probes.png")
 
     path = guarded(claim.id, "probes", draw)
