@@ -60,3 +60,21 @@ def test_desiderata_patching_through_the_cli(claim_tree, tmp_path):
     models = report.claims[0].experiment["models"]["m"]
     assert models["selected"] == {"mover/source_answer": [[0, 0]], "mover/base_answer": []}
     assert [f.rsplit("_", 1)[-1] for f in report.claims[0].figures] == ["dcm.png"]
+
+
+@pytest.mark.slow
+def test_dcm_learns_masks_only_for_the_groups_asked_for(claim_tree, tmp_path):
+    from test_cli import cli, show, the_report
+
+    two_groups = DCM_CLAIM.replace(
+        "circuit: {mover: {position: last, heads: [[0, 0], [0, 1]]}}",
+        "circuit: {mover: {position: last, heads: [[0, 0], [0, 1]]}, other: {position: last, heads: [[0, 1]]}}\n"
+        "        groups: [mover]").replace("value: 0.5}", "value: 0.5}\n").rstrip() + "\n"
+    claim_tree("claims/dcm.yaml", two_groups)
+    r = cli(["run", "--report-dir", "r", "--workers", "1"], claim_tree.root, tmp_path / "cache")
+    assert r.returncode == 1, show(r)
+    _, report = the_report(claim_tree.root / "r")
+    assert set(report.claims[0].experiment["models"]["m"]["selected"]) == {"mover/source_answer", "mover/base_answer"}
+    claim_tree("claims/dcm.yaml", two_groups.replace("groups: [mover]", "groups: [mover, ghost]"))
+    r = cli(["run", "--report-dir", "r2", "--workers", "1"], claim_tree.root, tmp_path / "cache")
+    assert r.returncode == 3 and "groups ['ghost'] are not groups of the circuit" in r.stdout + r.stderr, show(r)

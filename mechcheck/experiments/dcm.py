@@ -43,6 +43,8 @@ def dcm_unit(ctx) -> UnitResult:
         base, source, target = meta["desiderata"](dict(ctx.data.task.args), kind, n, ctx.data.seed + 1000 + d_i,
                                                   ctx.data.split)
         for name, group in circuit.groups.items():
+            if a.get("groups") and name not in a["groups"]:
+                continue
             bpos = positions_of([group.position], base)[group.position]
             spos = positions_of([group.position], source)[group.position]
             if isinstance(bpos, str):
@@ -53,7 +55,7 @@ def dcm_unit(ctx) -> UnitResult:
             arrays[f"acc/{name}/{kind}"] = patch_accuracy(ctx.model, base, source, target, got.selected,
                                                           group.position, bpos, spos, range(cut2, n))
             masks[f"{name}/{kind}"] = describe(got)
-            ctx.progress(len(masks), len(a["desiderata"]) * len(circuit.groups))
+            ctx.progress(len(masks), len(a["desiderata"]) * len(a.get("groups") or circuit.groups))
     return UnitResult(arrays, {"masks": masks, "circuit": circuit.to_dict()})
 
 
@@ -72,6 +74,8 @@ def _summary(meas: Measurements) -> dict[str, Any]:
     Param("circuit", "mapping", doc="groups -> {position, heads}: the groups whose roles are tested"),
     Param("discover", "mapping", doc="instead of `circuit`: {model: ROLE, steps: {...}, n} (see circuit_faithfulness)"),
     Param("desiderata", "strings", doc="desiderata of the task to test (default: all the task defines)"),
+    Param("groups", "strings", doc="the circuit's groups to learn masks for (default: all; each costs a mask "
+                                   "per desideratum and replicate)"),
     Param("n_pairs", "int", default=400, min=8, doc="pairs per desideratum: 1/2 train, 1/4 validation, 1/4 test"),
     Param("lr", "float", default=0.1, min=0.0, doc="Adam learning rate of the masks"),
     Param("epochs", "int", default=2, min=1, doc="passes over the training pairs"),
@@ -79,7 +83,7 @@ def _summary(meas: Measurements) -> dict[str, Any]:
     Param("lam", "float", default=0.01, min=0.0, doc="weight of the sparsity term (heads patched)"),
 ), summary=_summary)
 def desiderata_patching(ctx: PlanContext, circuit: dict | None = None, discover: dict | None = None,
-                        desiderata: list | None = None, n_pairs: int = 400, lr: float = 0.1, epochs: int = 2,
+                        desiderata: list | None = None, groups: list | None = None, n_pairs: int = 400, lr: float = 0.1, epochs: int = 2,
                         batch: int = 32, lam: float = 0.01) -> Plan:
     """DCM masks of every group for every desideratum, in every replicate of every role."""
     from mechcheck.interventions import Circuit
@@ -102,6 +106,11 @@ def desiderata_patching(ctx: PlanContext, circuit: dict | None = None, discover:
             Circuit.from_dict(normalised).check(L, H)
     else:
         deps = (_discovery(ctx, discover, 250),)
+    names = list(normalised) if normalised is not None else list(discover.get("steps", {}))
+    unknown = [g for g in (groups or []) if g not in names]
+    if unknown:
+        raise ValueError(f"desiderata_patching: groups {unknown} are not groups of the circuit ({', '.join(names)})")
+    extra = {"groups": list(groups)} if groups else {}  # unset: the unit key of every existing claim stays
     return ctx.per_replicate(lambda role, i, ref: {"dcm": ctx.unit(
         "dcm", (ref,), deps, circuit=normalised, desiderata=chosen, n_pairs=n_pairs, lr=lr, epochs=epochs,
-        batch=batch, lam=lam)})
+        batch=batch, lam=lam, **extra)})
