@@ -4,7 +4,7 @@ Text. The grammar below (start symbol `s`; every non-terminal has exactly two ru
 probability 1/2; terminals `a`, `b`, `c`) is expanded to a terminal string of about 160-370 tokens, and a
 contiguous window of `length` tokens at a uniformly random offset is the sample's text (a string shorter than
 `length` is thrown away and a new one expanded; the paper's 250 needs that for about a quarter of the strings,
-the ci default 64 never does):
+the default 64 and the ci fixtures' 32 never do):
 
     s -> r q | q p        p -> m n o | n o m    q -> n m o | m n      r -> o m | m o n
     m -> l j | j l k      n -> k j l | l j k    o -> l k j | k j
