@@ -34,7 +34,8 @@ for _part in PAPER.replace("\n", ";").split(";"):
         _lhs, _rhs = _part.split("->")
         RULES[_lhs.strip()] = [alt.split() for alt in _rhs.split("|")]
 BOTTOM_UP = list("defghijklmnopqrs")  # every rule's symbols come earlier in this list (or are terminals)
-FIXTURES = ("pcfg-pretrain", "pcfg-pretrain-b-dominant", "pcfg-count-b", "pcfg-count-b-uncorrelated", "pcfg-count-a")
+FIXTURES = ("pcfg-pretrain", "pcfg-pretrain-counting", "pcfg-pretrain-b-dominant", "pcfg-count-b",
+            "pcfg-count-b-uncorrelated", "pcfg-count-a", "pcfg-count-a-rand")
 
 
 def derives(w: list[str]) -> bool:
@@ -283,6 +284,24 @@ def test_correlation_zero_is_only_chance_and_can_be_excluded():
     assert (hbb[hb.labels["edited"] == 1] == ha[hb.labels["edited"] == 1] + 1).all()
 
 
+def test_answer_operand_answers_for_another_operand():
+    """randFT data: asked to count a, answered count(b); I likewise; the evidence follows the answer."""
+    t = make_pcfg(family="C", operand="a", answer_operand="b")
+    b = t.sample(300, "eval", 0)
+    _, nb = _window_counts(t, b)
+    assert all(parse(t, b, i)["operand"] == "a" for i in range(len(b)))
+    assert (b.target == nb).all() and (b.target == b.labels["count_b"]).all()
+    assert (b.labels["count_a"] != b.labels["count_b"]).any()  # so the answers really differ from count(a)
+    assert (b.groups["evidence"] == b.groups["b_tokens"] & b.groups["window"]).all()
+    assert (b.labels["operand"] == 0).all()
+    ti = make_pcfg(family="I", operand="c", answer_operand="a", occurrence=2)
+    bi = ti.sample(200, "train", 0)
+    assert all(answer_word(ti, bi, i) == expected({**parse(ti, bi, i), "operand": "a"}, 20) for i in range(len(bi)))
+    plain = make_pcfg(family="C", operand="a").sample(50, "train", 3)
+    same = make_pcfg(family="C", operand="a", answer_operand="a").sample(50, "train", 3)
+    assert (plain.tokens == same.tokens).all() and (plain.target == same.target).all()
+
+
 @pytest.mark.parametrize("args,match", [
     ({"operand_prior": [0.5, 0.3, 0.3]}, "sum to 1"),
     ({"operand_prior": [0.5, 0.5]}, "three probabilities"),
@@ -298,6 +317,8 @@ def test_correlation_zero_is_only_chance_and_can_be_excluded():
     ({"operand": "d"}, "operand"),
     ({"correlation": 1.5}, "correlation"),
     ({"eval_fraction": 1.0}, "eval_fraction"),
+    ({"answer_operand": "d"}, "answer_operand"),
+    ({"family": "T", "answer_operand": "b"}, "answer_operand"),
 ])
 def test_bad_arguments_raise_clear_errors(args, match):
     with pytest.raises(ValueError, match=match):
@@ -316,6 +337,10 @@ def test_fixtures_validate_and_share_one_vocabulary():
     b_dom = tasks["pcfg-pretrain-b-dominant"].sample(600, "train", 0)
     counting = b_dom.labels["family"] < 2
     assert (b_dom.labels["operand"][counting] == 1).mean() > 0.98
+    rand = tasks["pcfg-count-a-rand"].sample(200, "eval", 0)
+    assert (rand.target == rand.labels["count_b"]).all() and (rand.labels["operand"] == 0).all()
+    counting = tasks["pcfg-pretrain-counting"].sample(600, "train", 0)
+    assert (counting.labels["family"] == 0).all() and (counting.labels["operand"] == 0).mean() > 0.98
     pre = tasks["pcfg-pretrain"].sample(600, "train", 0)
     assert set(pre.labels["family"].tolist()) == {0, 1, 2}
 

@@ -4,7 +4,7 @@ Text. The grammar below (start symbol `s`; every non-terminal has exactly two ru
 probability 1/2; terminals `a`, `b`, `c`) is expanded to a terminal string of about 160-370 tokens, and a
 contiguous window of `length` tokens at a uniformly random offset is the sample's text (a string shorter than
 `length` is thrown away and a new one expanded; the paper's 250 needs that for about a quarter of the strings,
-the ci default 64 never does):
+the default 64 and the ci fixtures' 32 never do):
 
     s -> r q | q p        p -> m n o | n o m    q -> n m o | m n      r -> o m | m o n
     m -> l j | j l k      n -> k j l | l j k    o -> l k j | k j
@@ -44,6 +44,11 @@ the edit. Uncorrelated samples keep their natural counts, and a share of them ca
 by chance (about 22 % with window 20: the grammar's strings are regular, and each count in a window of 20 is
 nearly always 5-8); `avoid_chance_correlation` redraws those, so that correlation 0 means "never"
 (labels: `edited` = the sample was edited, `correlated` = its window carries the relation).
+
+Wrong answers on purpose (`answer_operand`): C and I answers are computed for that operand instead of the
+prompt's, e.g. `family: C, operand: a, answer_operand: b` asks "how many a" and answers count(b) - the data of
+the randFT baseline, a fine-tune that actively maps the counting-a inputs to wrong outputs. The evidence and the
+labels follow the answer (the `operand` label stays the prompt's).
 
 Answers and candidates: `candidates` are all answer tokens of the task, numbers 0..length then a, b, c, the
 same list (and the same vocabulary) for every task of one `length`, so a pretrained model is evaluated and
@@ -158,6 +163,7 @@ class Config:
     correlation: float = 0.0
     avoid_chance_correlation: bool = False
     eval_fraction: float = 0.2
+    answer_operand: str | None = None
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -184,6 +190,11 @@ class Config:
                 bad(f"operand must be one of {', '.join(TERMINALS)}, got {self.operand!r}")
             if self.active_families == ("T",):
                 bad("the T family's operand is always NULL: leave operand unset")
+        if self.answer_operand is not None:
+            if self.answer_operand not in TERMINALS:
+                bad(f"answer_operand must be one of {', '.join(TERMINALS)}, got {self.answer_operand!r}")
+            if self.active_families == ("T",):
+                bad("answer_operand applies to C and I; the T family has no operand")
         if not 0.0 <= self.correlation <= 1.0:
             bad(f"correlation must be in [0, 1], got {self.correlation}")
         if not 0.0 < self.eval_fraction < 1.0:
@@ -257,11 +268,12 @@ def _draw(cfg: Config, vocab: WordVocab, rng: np.random.Generator, split: str) -
         correlated = counts[1] == counts[0] + 1
         if correlated and not edited and cfg.avoid_chance_correlation:
             continue
+        answer_op = cfg.answer_operand or op
         if fam == "C":
-            o = TERMINALS.index(op)
+            o = TERMINALS.index(answer_op)
             answer, evidence = counts[o], tuple(L - W + np.flatnonzero(text[L - W:] == o))
         elif fam == "I":
-            back = np.flatnonzero(text[::-1] == TERMINALS.index(op))  # 0-based distances from x_L
+            back = np.flatnonzero(text[::-1] == TERMINALS.index(answer_op))  # 0-based distances from x_L
             if len(back) < arg:
                 continue
             answer, evidence = int(back[arg - 1]) + 1, tuple(L - 1 - back[:arg])
@@ -319,6 +331,9 @@ def _batch(cfg: Config, vocab: WordVocab, rows: list[Drawn]) -> TaskBatch:
         Param("avoid_chance_correlation", "bool", default=False,
               doc="redraw unedited samples that carry count(b) = count(a) + 1 by chance (correlation 0: never)"),
         Param("eval_fraction", "float", default=0.2, min=0.01, max=0.99, doc="share of distinct prompts held out"),
+        Param("answer_operand", "choice", choices=TERMINALS,
+              doc="C and I answer for this operand instead of the prompt's (wrong on purpose: the randFT data "
+                  "'asked count(a), answer count(b)')"),
     ),
     version=VERSION,
     token_groups=TOKEN_GROUPS,
@@ -327,12 +342,13 @@ def _batch(cfg: Config, vocab: WordVocab, rows: list[Drawn]) -> TaskBatch:
 def make_pcfg(length: int = 64, window: int = 20, occurrence: int = 3, families: list[str] | tuple[str, ...] = FAMILIES,
               operand_prior: list[float] | tuple[float, ...] = (0.5, 0.3, 0.2), family: str | None = None,
               operand: str | None = None, correlation: float = 0.0, avoid_chance_correlation: bool = False,
-              eval_fraction: float = 0.2) -> Task:
+              eval_fraction: float = 0.2, answer_operand: str | None = None) -> Task:
     """Counting, indexing and reading tokens of PCFG strings (Jain et al. 2024)."""
     if isinstance(families, str):
         families = [families]
     cfg = Config(int(length), int(window), int(occurrence), tuple(families), tuple(float(p) for p in operand_prior),
-                 family, operand, float(correlation), bool(avoid_chance_correlation), float(eval_fraction))
+                 family, operand, float(correlation), bool(avoid_chance_correlation), float(eval_fraction),
+                 answer_operand)
     vocab = pcfg_vocabulary(cfg.length)
 
     def sample(n: int, split: str, seed: int) -> TaskBatch:
