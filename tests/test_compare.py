@@ -143,7 +143,8 @@ def test_committed_baseline_matches_the_readme():
     path = REPO / "reports" / "baselines" / "ci.json"
     base = RunReport.read_json(path)
     assert base.baseline_of and base.profile == "ci" and base.finished
-    assert path.stat().st_size < 100_000
+    # small enough to review in a diff: about 8 KB a claim (outcomes, effects, replicate values), no arrays
+    assert path.stat().st_size < 12_000 * len(base.claims)
     shipped = sorted(p.stem for p in (REPO / "claims").rglob("*.yaml"))
     assert sorted(c.file.rsplit("/", 1)[-1].removesuffix(".yaml") for c in base.claims) == shipped
     assert readme_section(REPO / "README.md") == readme_table(base), (
