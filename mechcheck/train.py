@@ -60,9 +60,12 @@ def lm_loss(model, tokens, labels):
     Not `model(tokens, labels=labels)`: Hugging Face causal LMs shift the labels themselves, so passing the
     shifted labels there would train the model to predict the token *two* ahead.
     """
+    return _next_token_ce(model(tokens).logits, labels)
+
+
+def _next_token_ce(logits, labels):
     import torch
 
-    logits = model(tokens).logits
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                              ignore_index=-100)
 
@@ -121,8 +124,7 @@ def _loss_with_hints(model, task: Task, batch: TaskBatch, spec: Any, device: str
         tokens, labels = lm_inputs(batch)
         tokens, labels = torch.as_tensor(tokens, device=device), torch.as_tensor(labels, device=device)
         out = model(tokens, output_hidden_states=True)
-        loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]).float(),
-                                                 labels.reshape(-1), ignore_index=-100)
+        loss = _next_token_ce(out.logits, labels)
         targets = {k: np.pad(v, ((0, 0), (0, 1)), constant_values=-100)  # the appended answer token
                    for k, v in task.hints(batch).items()}
     else:

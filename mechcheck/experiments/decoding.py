@@ -72,16 +72,11 @@ def read_unit(ctx) -> UnitResult:
 
 
 def _classifier(kind: str):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
+    from mechcheck.interventions.probes import linear_classifier
 
-    if kind == "logistic":
-        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    if kind == "linear_svm":
-        return make_pipeline(StandardScaler(), LinearSVC(C=1.0))
-    raise ValueError(f"unknown classifier {kind!r} (allowed: {', '.join(CLASSIFIERS)})")
+    if kind not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {kind!r} (allowed: {', '.join(CLASSIFIERS)})")
+    return linear_classifier(kind)
 
 
 def _folds(y: np.ndarray, folds: int, seed: int):

@@ -28,7 +28,8 @@ import numpy as np
 
 from mechcheck.interventions.run import run
 
-__all__ = ["ProbeResult", "block_probes", "block_reads", "block_sites", "fit_probe", "untrained_like"]
+__all__ = ["ProbeResult", "block_probes", "block_reads", "block_sites", "fit_probe", "linear_classifier",
+           "untrained_like"]
 
 
 def block_sites(n_layers: int) -> list[str]:
@@ -56,12 +57,19 @@ def untrained_like(model, seed: int = 0):
     return prepare(hf, model.device)
 
 
-def _probe(C: float, max_iter: int):
+def linear_classifier(kind: str = "logistic", C: float = 1.0, max_iter: int = 2000):
+    """The linear read-out every decoder and probe of mechcheck uses: standardised inputs, then multinomial
+    logistic regression or a linear SVM (`linear_decoding`'s `classifier` choice)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+    if kind == "logistic":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+    if kind == "linear_svm":
+        return make_pipeline(StandardScaler(), LinearSVC(C=C))
+    raise ValueError(f"unknown classifier {kind!r} (allowed: logistic, linear_svm)")
 
 
 def fit_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, *, C: float = 1.0,
@@ -77,7 +85,7 @@ def fit_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, *, C
     # one BLAS thread: small fits gain nothing from threads, and oversubscribe a shared machine
     with threadpool_limits(limits=1), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        probe = _probe(C, max_iter).fit(X_train, y_train)
+        probe = linear_classifier("logistic", C, max_iter).fit(X_train, y_train)
         pred = probe.predict(X_test)
     return pred, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
 

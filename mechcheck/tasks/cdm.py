@@ -26,10 +26,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from mechcheck.errors import ClaimSkipped
-from mechcheck.paths import is_pkg_path, resolve_pkg_path
 from mechcheck.registry import TASKS, Param
 from mechcheck.tasks import Task, TaskBatch, WordVocab
+from mechcheck.tasks.tokenizers import load_tokenizer
 
 __all__ = ["make_cdm", "VERSION", "word_vocabulary"]
 
@@ -133,28 +132,8 @@ def _word_task(max_number: int, min_gap: int, eval_fraction: float) -> Task:
     return Task("cdm", VERSION, len(vocab), T, sample, TOKEN_GROUPS, example, vocab)
 
 
-def _load_tokenizer(name: str):  # -> transformers.PreTrainedTokenizerFast
-    from mechcheck.models import resolve_local_or_hub
-
-    from transformers import AutoTokenizer
-
-    if is_pkg_path(name):  # files shipped in an installed package (missing package: skipped)
-        where, local = str(resolve_pkg_path(name)), True
-    else:
-        where, local = resolve_local_or_hub(name)
-    try:
-        tok = AutoTokenizer.from_pretrained(where, local_files_only=local or None)
-    except OSError as exc:
-        if local:
-            raise
-        raise ClaimSkipped(f"tokenizer {name!r} is not available offline and the hub cannot be reached ({exc})") from exc
-    if not tok.is_fast:
-        raise ValueError(f"cdm: tokenizer {name!r} has no fast version (offset mapping is needed for token positions)")
-    return tok
-
-
 def _text_task(tokenizer: str, max_number: int, min_gap: int, eval_fraction: float, readout: str = "next") -> Task:
-    tok = _load_tokenizer(tokenizer)
+    tok = load_tokenizer(tokenizer)
     parts = _partition(max_number, min_gap, eval_fraction)
     mask = readout == "mask"
     if mask and tok.mask_token is None:

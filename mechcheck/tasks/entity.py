@@ -148,6 +148,8 @@ class Config:
         if self.values == "numbers":
             return [str(i) for i in range(MAX_NUMBER + 1)]
         if self.tokenizer:  # the objects that are one token for this tokenizer, as the paper's were for Llama
+            from mechcheck.tasks.tokenizers import token_vocabulary
+
             return [w for w in OBJECTS if w in token_vocabulary(self.tokenizer).ids][: self.n_objects]
         return list(OBJECTS[: self.n_objects])
 
@@ -211,47 +213,10 @@ def draw_row(cfg: Config, rng: np.random.Generator, split: str, n: int | None = 
     raise RuntimeError("entity: could not draw a prompt of the requested split (eval_fraction too extreme?)")
 
 
-class TokenVocab:
-    """The words of these tasks as single tokens of a real tokenizer: each word is encoded on its own, with the
-    leading space it has inside a sentence, and kept only if that is one token, so every prompt keeps the word
-    layout's positions. Position 0 (`<s>`) is the tokenizer's BOS token (its CLS token if it has no BOS)."""
-
-    def __init__(self, name: str) -> None:
-        from mechcheck.tasks.cdm import _load_tokenizer
-
-        self.name, self.tokenizer = name, _load_tokenizer(name)
-        tok = self.tokenizer
-        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
-        if bos is None:
-            raise ValueError(f"entity: tokenizer {name!r} has neither a BOS nor a CLS token for position 0")
-        self.ids: dict[str, int] = {"<s>": int(bos)}
-        for w in dict.fromkeys([*entity_vocabulary().words[1:], *OBJECTS]):
-            if w == "<s>":
-                continue
-            got = tok(" " + w, add_special_tokens=False)["input_ids"]
-            if len(got) == 1:
-                self.ids[w] = int(got[0])
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-
-    def encode(self, words: list[str]) -> list[int]:
-        missing = [w for w in dict.fromkeys(words) if w not in self.ids]
-        if missing:
-            raise ValueError(f"entity: with tokenizer {self.name!r} the words {missing} are not single tokens, so "
-                             "prompts would not keep their positions")
-        return [self.ids[w] for w in words]
-
-
-_TOKEN_VOCABS: dict[str, TokenVocab] = {}
-
-
-def token_vocabulary(name: str) -> TokenVocab:
-    if name not in _TOKEN_VOCABS:
-        _TOKEN_VOCABS[name] = TokenVocab(name)
-    return _TOKEN_VOCABS[name]
-
-
 def batch_of(cfg: Config, rows: list[Row]) -> TaskBatch:
     """Rows rendered into one right-padded `TaskBatch` with its token groups and labels."""
+    from mechcheck.tasks.tokenizers import token_vocabulary
+
     vocab = token_vocabulary(cfg.tokenizer) if cfg.tokenizer else entity_vocabulary()
     value_words = cfg.value_words
     candidates = vocab.encode(value_words)
@@ -289,9 +254,8 @@ def hints(batch: TaskBatch) -> dict[str, np.ndarray]:
     a tiny model does not find on its own (docs/methods/prakash2024.md); a hint says what a position should
     know, never where to attend. Per kind: (n, T) token ids, -100 where there is no hint."""
     value = np.full(batch.tokens.shape, -100, dtype=np.int64)
-    for i in range(len(batch)):
-        labels, values = np.flatnonzero(batch.groups["labels"][i]), np.flatnonzero(batch.groups["objects"][i])
-        value[i, labels] = batch.tokens[i, values]
+    # row-major masks: every row has as many labels as objects, both in box order, so they pair up
+    value[batch.groups["labels"]] = batch.tokens[batch.groups["objects"]]
     query = np.full(batch.tokens.shape, -100, dtype=np.int64)
     rows = np.arange(len(batch))
     query[rows, batch.answer_pos] = batch.tokens[rows, batch.labels["query_label_pos"]]
@@ -305,6 +269,8 @@ def _task(name: str, cfg: Config, salt: int) -> Task:
 
     example = " ".join(render(cfg.form, cfg.value_words[:3], list("TAD"), "A")[0])
     if cfg.tokenizer:
+        from mechcheck.tasks.tokenizers import token_vocabulary
+
         vocab = token_vocabulary(cfg.tokenizer)
         if len(cfg.value_words) < max(cfg.n_boxes, cfg.train_range[1]) + 1:
             raise ValueError(f"entity: tokenizer {cfg.tokenizer!r} has only {len(cfg.value_words)} single-token "
