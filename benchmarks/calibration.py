@@ -713,6 +713,70 @@ def _efficiency_rows() -> list[Row]:
     return rows
 
 
+EVAL_STEPS = np.arange(10, 301, 10, dtype=float)
+HELD_OUT = 512
+
+
+def _learning_curve(log2_steps_at_target: np.ndarray) -> np.ndarray:
+    """(R, E) true held-out accuracy at EVAL_STEPS: 0.9 at log2 steps = c, 0.3 per doubling, within [0.05,
+    0.99] (linear in log2 steps around the target, so interpolating between evaluations is exact)."""
+    x = np.log2(EVAL_STEPS)
+    return np.clip(0.9 + 0.3 * (x[None, :] - log2_steps_at_target[:, None]), 0.05, 0.99)
+
+
+def _curve_role(rng, R: int, scope: str, p: np.ndarray) -> RoleData:
+    """A `learning_curves` role whose recorded curves are binomial draws on HELD_OUT examples around `p`."""
+    acc = rng.binomial(HELD_OUT, p) / HELD_OUT
+    reps = [{"curve/step": EVAL_STEPS.copy(), "curve/accuracy": acc[i], "curve/loss": 1 - acc[i]} for i in range(R)]
+    meta = [{"curve": {"steps": 300, "max_steps": 300, "stop_at": None, "stopped_at_accuracy": False,
+                       "held_out": HELD_OUT}} for _ in range(R)]
+    return _role(reps, scope, meta=meta)
+
+
+def _learning_rows() -> list[Row]:
+    """steps_ratio_at_most (planted ratios of steps@0.9) and curve_accuracy_higher (planted accuracies at step
+    300), seed variation on the log2 steps (the accuracy) plus binomial noise on each evaluation."""
+    rows = []
+
+    def ratio(R, scope, c_model, c_than, value, seed_sd):
+        def make(rng, sim):
+            roles = {role: _curve_role(rng, R, scope, _learning_curve(c + _seed_shift(rng, R, scope, seed_sd)))
+                     for role, c in (("m", c_model), ("t", c_than))}
+            return (_meas("learning_curves", {"target": 0.9}, roles, sim, n=0),
+                    {"model": "m", "than": "t", "value": value})
+        return make
+
+    for regime, seed_sd in (("seed>ex", 0.4), ("ex>seed", 0.03)):
+        for R, scope in LAYOUTS2:
+            for planted, cm, ct, value in (("at_threshold", 5.0, 7.0, 0.25), ("null", 6.0, 6.0, 1.0),
+                                           ("above", 5.0, 7.0, 0.5)):
+                if scope == "recipe" and R == 1 and planted != "above":
+                    continue
+                rows.append(Row("steps_ratio_at_most", regime, R, planted, ratio(R, scope, cm, ct, value, seed_sd),
+                                scope, 2.0 ** (cm - ct), value, heavy=True,
+                                note="steps@0.9 of model 2^5, than 2^7 (ratio 0.25)" if planted != "null" else ""))
+
+    def higher(R, scope, p_model, p_than, by, seed_sd):
+        def make(rng, sim):
+            roles = {}
+            for role, p in (("m", p_model), ("t", p_than)):
+                level = p + _seed_shift(rng, R, scope, seed_sd)
+                roles[role] = _curve_role(rng, R, scope, np.repeat(level[:, None], EVAL_STEPS.size, axis=1))
+            return (_meas("learning_curves", {"target": 0.9}, roles, sim, n=0),
+                    {"model": "m", "than": "t", "step": 300, "by": by})
+        return make
+
+    for regime, seed_sd in (("seed>ex", 0.04), ("ex>seed", 0.003)):
+        for R, scope in LAYOUTS2:
+            for planted, pm, pt, by in (("at_threshold", 0.6, 0.5, 0.1), ("null", 0.5, 0.5, 0.0),
+                                        ("above", 0.7, 0.5, 0.1)):
+                if scope == "recipe" and R == 1 and planted != "above":
+                    continue
+                rows.append(Row("curve_accuracy_higher", regime, R, planted, higher(R, scope, pm, pt, by, seed_sd),
+                                scope, pm - pt, by))
+    return rows
+
+
 def _circuit_rows() -> list[Row]:
     """Circuit checks on `faithfulness` units: per replicate, the clean model's 0/1 correctness m, the circuit's c
     (correct only where the model is, with probability rho: faithfulness rho), and random circuits' (draws, n)."""
@@ -957,7 +1021,7 @@ def _probe_rows() -> list[Row]:
 def all_rows() -> list[Row]:
     rows = (_accuracy_rows() + _effect_rows() + _higher_rows() + _attention_rows() + _top_heads_rows() + _centroid_rows()
             + _decoding_rows() + _geometry_rows() + _efficiency_rows() + _circuit_rows()
-            + _dcm_rows() + _overlap_rows() + _pruning_rows() + _probe_rows())
+            + _dcm_rows() + _overlap_rows() + _pruning_rows() + _probe_rows() + _learning_rows())
     missing = set(CHECKS.names()) - {r.check for r in rows}
     if missing:
         raise RuntimeError(f"checks without calibration rows: {sorted(missing)}")
@@ -966,6 +1030,8 @@ def all_rows() -> list[Row]:
 
 #: the --quick subset (also what tests/test_calibration.py gates on): (check, scenario, replicates, scope, planted)
 QUICK = (
+    ("steps_ratio_at_most", "seed>ex", 3, "recipe", "at_threshold"),
+    ("curve_accuracy_higher", "seed>ex", 1, "checkpoint", "at_threshold"),
     ("accuracy_at_least", "seed>ex", 3, "recipe", "at_threshold"),
     ("accuracy_at_least", "ex>seed", 3, "recipe", "at_threshold"),
     ("accuracy_at_least", "ex>seed", 1, "checkpoint", "at_threshold"),

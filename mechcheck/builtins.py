@@ -12,6 +12,7 @@ import mechcheck.checks.decoding  # noqa: F401
 import mechcheck.checks.efficiency  # noqa: F401
 import mechcheck.checks.geometry  # noqa: F401
 import mechcheck.checks.layers  # noqa: F401
+import mechcheck.checks.learning  # noqa: F401
 import mechcheck.checks.probes  # noqa: F401
 import mechcheck.checks.pruning  # noqa: F401
 import mechcheck.experiments.circuits  # noqa: F401
@@ -20,6 +21,7 @@ import mechcheck.experiments.decoding  # noqa: F401
 import mechcheck.experiments.evaluate  # noqa: F401
 import mechcheck.experiments.geometry  # noqa: F401
 import mechcheck.experiments.head_ablation  # noqa: F401
+import mechcheck.experiments.learning  # noqa: F401
 import mechcheck.experiments.pruning  # noqa: F401
 import mechcheck.experiments.sample_efficiency  # noqa: F401
 import mechcheck.recipes  # noqa: F401
@@ -28,6 +30,7 @@ import mechcheck.report.figures.circuits  # noqa: F401
 import mechcheck.report.figures.decoding  # noqa: F401
 import mechcheck.report.figures.efficiency  # noqa: F401
 import mechcheck.report.figures.geometry  # noqa: F401
+import mechcheck.report.figures.learning  # noqa: F401
 import mechcheck.report.figures.pruning  # noqa: F401
 import mechcheck.tasks.cdm  # noqa: F401
 import mechcheck.tasks.corpus  # noqa: F401

@@ -34,12 +34,16 @@ import numpy as np
 from mechcheck.tasks import Task, TaskBatch
 from mechcheck.train_state import Checkpoint
 
-__all__ = ["Checkpoint", "lm_inputs", "lm_loss", "hint_loss", "hints_problem", "train", "VERSION"]
+__all__ = ["HELD_OUT", "Checkpoint", "lm_inputs", "lm_loss", "hint_loss", "hints_problem", "train", "VERSION"]
 
 #: Bump whenever the same recipe and seed would train different weights (it is part of every cache key).
 #: 2: the `lm` loss no longer shifts the labels twice (version 1 trained pretrain fixtures two tokens ahead);
 #:    the `answer` loss applies the output head at the answer position only (same loss, rounds differently).
 VERSION = "2"
+
+#: Size of the fixed held-out batch every evaluation (and `stop_at`) reads: the sample size behind each point
+#: of a fixture's learning curve (changing it changes what `stop_at` stops at, so it goes with VERSION).
+HELD_OUT = 512
 
 
 def lm_inputs(batch: TaskBatch) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +206,7 @@ def _train(model, task: Task, spec: Any, seed: int, device: str, label: str, con
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_at(s, spec.steps, spec.warmup_steps))
     fixed = task.sample(spec.n_train, "train", seed) if spec.n_train else None
-    held_out = task.sample(512, "train", 10_000_019 + seed)
+    held_out = task.sample(HELD_OUT, "train", 10_000_019 + seed)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     loss_value, acc = float("nan"), float("nan")

@@ -58,6 +58,8 @@ class Worker:
         self.handles: dict[str, Any] = {}
         #: model key -> what a unit records of the model it measured (weights' hash, training facts)
         self.models: dict[str, dict[str, Any]] = {}
+        #: model key -> everything building it recorded (`Built.info`: training summary and history)
+        self.infos: dict[str, dict[str, Any]] = {}
 
     def handle(self, ref: ModelRef):
         """The model of `ref`, built or loaded once per process (a few are kept)."""
@@ -68,10 +70,12 @@ class Worker:
             if len(self.handles) >= 6:  # keep memory bounded: drop the oldest
                 old = next(iter(self.handles))
                 self.handles.pop(old)
+                self.infos.pop(old, None)
                 self.build.memo.pop(old, None)
             built = build_model(ref.spec, ref.seed, self.build)
             self.handles[ref.key] = prepare(built.model, self.build.device)
             info = built.info or {}
+            self.infos[ref.key] = info
             self.models[ref.key] = {"key": ref.key, "weights_sha256": info.get("weights_sha256") or
                                     info.get("fingerprint"), "seconds": info.get("seconds"),
                                     "train_accuracy": info.get("train_accuracy")}
@@ -129,7 +133,7 @@ class Worker:
             batch = unit.data.batch() if unit.data is not None else None
             t0 = time.perf_counter()
             ctx = UnitContext(models, batch, unit.arguments, deps, self._progress(key, unit.label),
-                              self.build.device, unit.data)
+                              self.build.device, unit.data, [self.infos[m.key] for m in unit.models])
             result = UNITS.get(unit.kind).func(ctx)
             result.meta.setdefault("seconds", round(time.perf_counter() - t0, 3))
             # which bits were measured: a unit found later for the same model key but other weights (a cache
@@ -153,6 +157,8 @@ class UnitContext:
     device: str = "cpu"
     #: the unit's `DataRef` (task spec, n, split, seed), for units that draw more data of the same task
     data: Any = None
+    #: per model, what building it recorded (for a trained fixture: its training summary and history)
+    infos: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def model(self):

@@ -21,7 +21,7 @@ from mechcheck.experiments.sample_efficiency import curves, grid_of, n_at_target
 from mechcheck.registry import CHECKS, Param
 from mechcheck.results import CheckResult, Estimate
 
-__all__ = ["samples_ratio_at_most", "accuracy_at_n_at_least"]
+__all__ = ["samples_ratio_at_most", "accuracy_at_n_at_least", "ratio_verdict"]
 
 
 def _role(ctx: CheckContext, role: str) -> None:
@@ -57,6 +57,54 @@ def _log_ratio(a: np.ndarray, b: np.ndarray, rows: np.ndarray, grid: np.ndarray,
     return math.log(m) - math.log(t)
 
 
+def ratio_verdict(ctx: CheckContext, check: str, model: str, than: str, value: float, logs: list[float],
+                  within: list[float], at_m: list[tuple[float, str | None]], at_t: list[tuple[float, str | None]], *,
+                  what: str, never: str, first: str, context: str, control: dict, details: dict,
+                  n: int = 0) -> CheckResult:
+    """The verdict on "what(model) / what(than) <= value" from per-seed log ratios (`logs`, with their
+    within-seed sampling variances) and each seed's censored values (`at_m`, `at_t`: (value, censoring)).
+
+    The interval is a t interval over the seeds' log ratios, exponentiated into a geometric-mean ratio.
+    Censoring makes a ratio a bound: a numerator that never reached the target (or a denominator reached at
+    the first point) makes it a lower bound, the other two an upper bound; a bound on the wrong side of the
+    threshold makes the verdict inconclusive, never a pass or a fail. `never` / `first` say where the
+    measurement ends and starts ("by N=1024", "at the smallest N=32"); `context` ends the message.
+    """
+    scope = ctx.role(model).scope
+    log_est = stats.replicate_estimate(logs, within, scope, ctx.level)
+    est = Estimate(math.exp(log_est.estimate), math.exp(log_est.lo) if math.isfinite(log_est.lo) else math.nan,
+                   math.exp(log_est.hi) if math.isfinite(log_est.hi) else math.nan, n, log_est.n_seeds,
+                   log_est.level, "geometric mean ratio: " + log_est.method + " on log ratios", log_est.se,
+                   log_est.df, scope, [math.exp(v) for v in logs], [], log_est.insufficient)
+    outcome = stats.judge(log_est, math.log(value), "<=") if value > 0 else "error"
+    low = sum(cm == "above" or ct == "below" for (_, cm), (_, ct) in zip(at_m, at_t))
+    high = sum(cm == "below" or ct == "above" for (_, cm), (_, ct) in zip(at_m, at_t))
+    notes = []
+    n_seeds = len(at_m)
+    never_m = sum(c == "above" for _, c in at_m)
+    never_t = sum(c == "above" for _, c in at_t)
+    if never_t:
+        notes.append(f"'{than}' never reached the target {never} in {never_t} of {n_seeds} seeds "
+                     "(counted as its last point: the ratio is an upper bound)")
+    if never_m:
+        notes.append(f"'{model}' never reached the target {never} in {never_m} of {n_seeds} seeds "
+                     "(it cannot pass)")
+    if any(c == "below" for _, c in at_m + at_t):
+        notes.append(f"reached already {first} in some seeds")
+    if outcome == "passed" and low:
+        outcome = "inconclusive"  # a lower bound below the threshold says nothing about the true ratio
+    if outcome == "failed" and high:
+        outcome = "inconclusive"  # an upper bound above the threshold says nothing either
+    msg = (f"{what} of '{model}' / '{than}' = {est} (geometric mean over {n_seeds} seeds, needs < {value:g}); "
+           f"{what}: '{model}' {_n_text(at_m)}, '{than}' {_n_text(at_t)}; {context}{scope_note(est)}")
+    if notes:
+        msg += " — " + "; ".join(notes)
+    details = {**details, "censored": {model: [c for _, c in at_m], than: [c for _, c in at_t]},
+               "bound": "upper" if high and not low else "lower" if low and not high else
+               "mixed" if low and high else "exact"}
+    return CheckResult(check, {}, outcome, msg, est, value, "<=", control, details)
+
+
 @CHECKS.register("samples_ratio_at_most", params=(
     Param("model", "model", required=True, doc="role that should need fewer samples"),
     Param("than", "model", required=True, doc="role it is compared with (e.g. the one trained from scratch)"),
@@ -78,50 +126,18 @@ def samples_ratio_at_most(ctx: CheckContext, model: str, than: str, value: float
     logs = [_log_ratio(a[i], b[i], everything, grid, target) for i in range(a.shape[0])]
     within = [stats.bootstrap_variance(lambda rows, i=i: _log_ratio(a[i], b[i], rows, grid, target), n, ctx.n_boot,
                                        ctx.seed + i) for i in range(a.shape[0])]
-    scope = ctx.role(model).scope
-    log_est = stats.replicate_estimate(logs, within, scope, ctx.level)
-    est = Estimate(math.exp(log_est.estimate), math.exp(log_est.lo) if math.isfinite(log_est.lo) else math.nan,
-                   math.exp(log_est.hi) if math.isfinite(log_est.hi) else math.nan, n, log_est.n_seeds,
-                   log_est.level, "geometric mean ratio: " + log_est.method + " on log ratios", log_est.se,
-                   log_est.df, scope, [math.exp(v) for v in logs], [], log_est.insufficient)
-    outcome = stats.judge(log_est, math.log(value), "<=") if value > 0 else "error"
     at_m = [n_at_target(grid, c, target) for c in a.mean(2)]
     at_t = [n_at_target(grid, c, target) for c in b.mean(2)]
-    # which way censoring biases the ratio: a numerator that never reached the target (or a denominator reached
-    # at the smallest N) makes the ratio a lower bound; the other two make it an upper bound
-    low = sum(cm == "above" or ct == "below" for (_, cm), (_, ct) in zip(at_m, at_t))
-    high = sum(cm == "below" or ct == "above" for (_, cm), (_, ct) in zip(at_m, at_t))
-    notes = []
-    n_seeds = len(at_m)
-    never_m = sum(c == "above" for _, c in at_m)
-    never_t = sum(c == "above" for _, c in at_t)
-    if never_t:
-        notes.append(f"'{than}' never reached {target:g} by N={grid[-1]:.0f} in {never_t} of {n_seeds} seeds "
-                     "(counted as the largest N: the ratio is an upper bound)")
-    if never_m:
-        notes.append(f"'{model}' never reached {target:g} by N={grid[-1]:.0f} in {never_m} of {n_seeds} seeds "
-                     "(it cannot pass)")
-    if any(c == "below" for _, c in at_m + at_t):
-        notes.append(f"reached already at the smallest N={grid[0]:.0f} in some seeds: extend the grid downwards")
-    if outcome == "passed" and low:
-        outcome = "inconclusive"  # a lower bound below the threshold says nothing about the true ratio
-    if outcome == "failed" and high:
-        outcome = "inconclusive"  # an upper bound above the threshold says nothing either
-    msg = (f"N@{target:g} of '{model}' / '{than}' = {est} (geometric mean over {n_seeds} seeds, needs < {value:g}); "
-           f"N@{target:g}: '{model}' {_n_text(at_m)}, '{than}' {_n_text(at_t)}; grid {_grid_text(ctx)}"
-           f"{scope_note(est)}")
-    if notes:
-        msg += " — " + "; ".join(notes)
     curve_t = b.mean(2).mean(0)
     control = {"label": f"'{than}' N@{target:g} (geometric mean)", "estimate": _geomean([v for v, _ in at_t]),
                "curve": {str(int(g)): round(float(c), 4) for g, c in zip(grid, curve_t)}}
     details = {"n_at_target": {model: [v for v, _ in at_m], than: [v for v, _ in at_t]},
-               "censored": {model: [c for _, c in at_m], than: [c for _, c in at_t]},
                "geomean_n_at_target": {model: _geomean([v for v, _ in at_m]), than: control["estimate"]},
-               "grid": [int(g) for g in grid], "target": target,
-               "bound": "upper" if high and not low else "lower" if low and not high else
-               "mixed" if low and high else "exact"}
-    return CheckResult("samples_ratio_at_most", {}, outcome, msg, est, value, "<=", control, details)
+               "grid": [int(g) for g in grid], "target": target}
+    return ratio_verdict(ctx, "samples_ratio_at_most", model, than, value, logs, within, at_m, at_t,
+                         what=f"N@{target:g}", never=f"by N={grid[-1]:.0f}",
+                         first=f"at the smallest N={grid[0]:.0f} (extend the grid downwards)",
+                         context=f"grid {_grid_text(ctx)}", control=control, details=details, n=n)
 
 
 @CHECKS.register("accuracy_at_n_at_least", params=(

@@ -22,7 +22,10 @@ from typing import Any
 
 from mechcheck.measurements import DataRef, ModelRef, Unit, make_unit
 
-__all__ = ["PlanContext", "Plan"]
+__all__ = ["PlanContext", "Plan", "TRAINED"]
+
+#: the recipes that train a model here (the others load one)
+TRAINED = ("scratch", "pretrain", "finetune")
 
 #: role -> per replicate, plan name -> unit
 Plan = dict[str, list[dict[str, Unit]]]
@@ -59,6 +62,25 @@ class PlanContext:
         for role, refs in self.roles.items():
             for i, ref in enumerate(refs):
                 yield role, i, ref
+
+    def trained_roles(self, models: list[str] | None, experiment: str, why: str) -> list[str]:
+        """The roles `models` names (default: every role whose recipe trains), each checked to be trained here;
+        `why` ends the error for one that is not ("so it has no ...")."""
+        from mechcheck.errors import SpecError
+
+        roles = list(models) if models else [r for r, s in self.specs.items() if s.recipe in TRAINED]
+        for role in roles:
+            if role not in self.specs:
+                raise SpecError(f"{experiment}: models: unknown role '{role}'", field_path="experiment",
+                                allowed=tuple(self.specs))
+            spec = self.specs[role]
+            if spec.recipe not in TRAINED or spec.train is None:
+                raise SpecError(f"{experiment}: role '{role}' (recipe '{spec.recipe}') is not trained, {why}",
+                                field_path="experiment")
+        if not roles:
+            raise SpecError(f"{experiment}: the claim has no trained role (recipe scratch, pretrain or finetune)",
+                            field_path="experiment")
+        return roles
 
     def per_replicate(self, fn) -> Plan:
         """The plan ``{role: [fn(role, i, ref) for each replicate]}``."""

@@ -34,14 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from mechcheck.errors import SpecError
 from mechcheck.experiments import Plan, PlanContext
 from mechcheck.measurements import Measurements
 from mechcheck.registry import EXPERIMENTS, Param
 
 __all__ = ["auc_log2", "n_at_target", "sample_efficiency", "variant_spec", "curves", "grid_of"]
-
-_TRAINED = ("scratch", "pretrain", "finetune")
 
 
 # ------------------------------------------------------------------------------------------ definitions
@@ -140,17 +137,7 @@ def sample_efficiency(ctx: PlanContext, n_train: list[int], target: float = 0.9,
     from mechcheck.recipes import model_ref
 
     grid = sorted(int(n) for n in n_train)
-    roles = list(models) if models else [r for r, s in ctx.specs.items() if s.recipe in _TRAINED]
-    for role in roles:
-        if role not in ctx.specs:
-            raise SpecError(f"sample_efficiency: models: unknown role '{role}'", field_path="experiment",
-                            allowed=tuple(ctx.specs))
-        if ctx.specs[role].recipe not in _TRAINED or ctx.specs[role].train is None:
-            raise SpecError(f"sample_efficiency: role '{role}' (recipe '{ctx.specs[role].recipe}') is not trained, "
-                            "so it has no training-set size to vary", field_path="experiment")
-    if not roles:
-        raise SpecError("sample_efficiency: the claim has no trained role (recipe scratch, pretrain or finetune)",
-                        field_path="experiment")
+    roles = ctx.trained_roles(models, "sample_efficiency", "so it has no training-set size to vary")
     plan: Plan = {}
     for role in roles:
         spec = ctx.specs[role]
