@@ -31,7 +31,7 @@ def _mean_curve(curves: list[list[float]]) -> list[float]:
 def _panels(n: int):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(4.6, 3.8 * n + 1.4), 3.4), layout="constrained")
+    fig = Figure(figsize=(max(6.2, 3.8 * n + 1.4), 3.4), layout="constrained")
     return fig, fig.subplots(1, n, squeeze=False)[0]
 
 
