@@ -210,6 +210,14 @@ def _accuracy_rows() -> list[Row]:
                     continue
                 rows.append(Row("accuracy_at_least", regime, R, planted, build(mu, value, R, scope, regime), scope,
                                 mu, value))
+    for regime in REGIMES:
+        for R, scope in LAYOUTS2:
+            # the mirror of accuracy_at_least: "above" is a true accuracy below the bound by the same margin
+            for planted, mu, value in (("at_threshold", 0.4, 0.4), ("null", 0.5, 0.5), ("above", 0.34, 0.4)):
+                if scope == "recipe" and R == 1 and planted == "null":
+                    continue
+                rows.append(Row("accuracy_at_most", regime, R, planted, build(mu, value, R, scope, regime), scope,
+                                mu, value))
     grid = (64, 128, 256)
     for R, scope in ((1, "checkpoint"), (3, "recipe"), (5, "recipe")):
         for planted, mu, value in (("at_threshold", 0.8, 0.8), ("null", 0.5, 0.5), ("above", 0.86, 0.8)):
@@ -221,6 +229,11 @@ def _accuracy_rows() -> list[Row]:
                         build(0.98, 0.98, R, scope, (0.002, 0.01)), scope, 0.98, 0.98,
                         note="0/1 accuracy at 0.98 with n=200: a mean near the bound, its variance near 0 "
                              "(one checkpoint: 11.5 % false passes with the t interval, before the exact one)"))
+    # at the floor: a model that (almost) never does a task ("accuracy on count-a < 0.02 after fine-tuning")
+    for R, scope in ((1, "checkpoint"), (2, "recipe"), (3, "recipe"), (5, "recipe")):
+        rows.append(Row("accuracy_at_most", "floor 0.02", R, "at_threshold",
+                        build(0.02, 0.02, R, scope, (0.002, 0.01)), scope, 0.02, 0.02,
+                        note="0/1 accuracy at 0.02 with n=200: the mirror of the ceiling row"))
     # a recipe whose seeds sometimes fail: 1 seed in 5 stays at 0.5, the rest reach 0.95 (mean 0.86)
     for R in (3, 5):
         rows.append(Row("accuracy_at_least", "bimodal seeds (1 in 5 fails)", R, "at_threshold", _bimodal(R), "recipe",
@@ -237,6 +250,42 @@ def _bimodal(R: int) -> Build:
         return (_meas("evaluate", {}, {"m": _role([{"clean/accuracy": y[i]} for i in range(R)], "recipe")}, sim),
                 {"model": "m", "value": 0.86})
     return make
+
+
+def _accuracy_higher_rows() -> list[Row]:
+    """accuracy_higher: two roles on the same examples (the example terms b are shared), each in its own scope;
+    the true difference is mu(model) - mu(than)."""
+    rows = []
+
+    def build(Ra, sa, Rb, sb, base, diff, by, regime):
+        seed_sd, ex_sd = REGIMES[regime] if isinstance(regime, str) else regime
+
+        def make(rng, sim):
+            ex = _uniform(rng, ex_sd, N)
+            a = bernoulli_crossed(rng, Ra, N, base + diff, seed_sd, ex_sd, sa, example=ex)
+            b = bernoulli_crossed(rng, Rb, N, base, seed_sd, ex_sd, sb, example=ex)
+            roles = {"ft": _role([{"clean/accuracy": a[i]} for i in range(Ra)], sa),
+                     "base": _role([{"clean/accuracy": b[i]} for i in range(Rb)], sb)}
+            return _meas("evaluate", {}, roles, sim), {"model": "ft", "than": "base", "by": by}
+        return make
+
+    pairs = (((3, "recipe"), (3, "recipe")), ((2, "recipe"), (2, "recipe")), ((3, "recipe"), (1, "checkpoint")),
+             ((5, "recipe"), (1, "checkpoint")), ((1, "checkpoint"), (3, "recipe")),
+             ((1, "checkpoint"), (1, "checkpoint")))
+    for regime in REGIMES:
+        for (Ra, sa), (Rb, sb) in pairs:
+            scenario = f"{regime}, {Ra} {sa} vs {Rb} {sb}"
+            # null: identical models (same accuracy on every example); above: the difference exceeds by by 0.1
+            for planted, diff, by in (("at_threshold", 0.1, 0.1), ("null", 0.0, 0.0), ("above", 0.2, 0.1)):
+                rows.append(Row("accuracy_higher", scenario, Ra, planted, build(Ra, sa, Rb, sb, 0.55, diff, by, regime),
+                                sa, diff, by))
+    # near the ceiling: 0.99 vs 0.97 (most per-example differences are 0)
+    for (Ra, sa), (Rb, sb) in (((1, "checkpoint"), (1, "checkpoint")), ((3, "recipe"), (1, "checkpoint"))):
+        rows.append(Row("accuracy_higher", f"ceiling 0.99 vs 0.97, {Ra} {sa} vs {Rb} {sb}", Ra,
+                        "at_threshold", build(Ra, sa, Rb, sb, 0.97, 0.02, 0.02, (0.002, 0.01)), sa, 0.02, 0.02,
+                        note="a handful of discordant pairs: 6.5 % false fails with the t interval alone, before "
+                             "the paired score interval"))
+    return rows
 
 
 # -- head ablation ---------------------------------------------------------------------------------------
@@ -1019,7 +1068,8 @@ def _probe_rows() -> list[Row]:
 
 
 def all_rows() -> list[Row]:
-    rows = (_accuracy_rows() + _effect_rows() + _higher_rows() + _attention_rows() + _top_heads_rows() + _centroid_rows()
+    rows = (_accuracy_rows() + _accuracy_higher_rows() + _effect_rows() + _higher_rows() + _attention_rows()
+            + _top_heads_rows() + _centroid_rows()
             + _decoding_rows() + _geometry_rows() + _efficiency_rows() + _circuit_rows()
             + _dcm_rows() + _overlap_rows() + _pruning_rows() + _probe_rows() + _learning_rows())
     missing = set(CHECKS.names()) - {r.check for r in rows}
@@ -1046,6 +1096,11 @@ QUICK = (
     ("effect_higher", "top_head vs named head, 16 heads", 3, "recipe", "at_threshold"),
     ("effect_higher", "named 2 vs 2 heads, logit_diff", 5, "recipe", "above"),
     ("accuracy_at_least", "ceiling 0.98", 1, "checkpoint", "at_threshold"),
+    ("accuracy_at_most", "ex>seed", 3, "recipe", "at_threshold"),
+    ("accuracy_at_most", "seed>ex", 1, "checkpoint", "at_threshold"),
+    ("accuracy_higher", "seed>ex, 3 recipe vs 1 checkpoint", 3, "recipe", "at_threshold"),
+    ("accuracy_higher", "ex>seed, 1 checkpoint vs 1 checkpoint", 1, "checkpoint", "null"),
+    ("accuracy_higher", "ceiling 0.99 vs 0.97, 1 checkpoint vs 1 checkpoint", 1, "checkpoint", "at_threshold"),
     ("top_heads_in_layers", "share exactly 0.5, 16 heads", 1, "checkpoint", "at_threshold"),
     ("silhouette_higher", "ex>seed, 3 recipe vs 3 recipe", 3, "recipe", "null"),
     ("silhouette_higher", "seed>ex, 3 recipe vs 1 checkpoint", 3, "recipe", "at_threshold"),

@@ -29,6 +29,7 @@ import mechcheck.report.figures.ablation  # noqa: F401
 import mechcheck.report.figures.circuits  # noqa: F401
 import mechcheck.report.figures.decoding  # noqa: F401
 import mechcheck.report.figures.efficiency  # noqa: F401
+import mechcheck.report.figures.evaluate  # noqa: F401
 import mechcheck.report.figures.geometry  # noqa: F401
 import mechcheck.report.figures.learning  # noqa: F401
 import mechcheck.report.figures.pruning  # noqa: F401

@@ -60,6 +60,10 @@ class Param:
     #: for an int: a bound that depends on the check's model (one of PARAM_LIMITS), checked against the shape
     #: the model declares at validation and against the built model before any experiment runs
     limit: str | None = None
+    #: an argument added after claims were judged without it: at its default it is left out of the normalised
+    #: arguments (`Entry.with_defaults`), so the recorded arguments of every claim that does not use it, and the
+    #: check ids a baseline is compared by, stay as they were (the registered function has the default itself)
+    keyless: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in PARAM_KINDS:
@@ -84,9 +88,13 @@ class Entry:
         return next((p for p in self.params if p.name == name), None)
 
     def with_defaults(self, args: dict[str, Any]) -> dict[str, Any]:
-        """`args` completed with the declared defaults (the normalised form recorded in reports and cache keys)."""
-        out = {p.name: p.default for p in self.params if not p.required}
+        """`args` completed with the declared defaults (the normalised form recorded in reports and cache keys);
+        a `keyless` argument at its default is left out, whether written or not."""
+        out = {p.name: p.default for p in self.params if not p.required and not p.keyless}
         out.update(args)
+        for p in self.params:
+            if p.keyless and p.name in out and out[p.name] == p.default:
+                del out[p.name]
         return out
 
 

@@ -79,3 +79,53 @@ def test_replicates_phrase():
     assert replicates_phrase([1, 1]) == "one replicate"
     assert replicates_phrase(3) == "mean of 3 replicates"
     assert replicates_phrase([1, 3]) == "mean of 1–3 replicates"
+
+
+def _evaluate_claim(sets: list[str], seeds: int) -> ClaimResult:
+    rng = np.random.default_rng(1)
+    models = {role: {"fixture": f"fx-{role}", "sets": sets,
+                     "by_set": {s: {"accuracy": rng.uniform(0, 1, seeds).round(3).tolist()} for s in sets}}
+              for role in ("ft_prior_a", "ft_prior_b", "pretrained")}
+    experiment = {"name": "evaluate", "args": {}, "n": 200, "sets": sets, "models": models}
+    return ClaimResult(id="jain.relevance", file="x.yaml", statement="s", outcome="passed", seeds=list(range(seeds)),
+                       experiment=experiment)
+
+
+def test_the_accuracy_grid_has_a_row_per_role_and_a_column_per_eval_set(tmp_path: Path):
+    from mechcheck.report.figures.evaluate import _draw_grid, evaluate_figures
+
+    claim = _evaluate_claim(["data", "c0", "pretrain"], seeds=3)
+    fig = _draw_grid(claim.id, claim.experiment["models"], claim.experiment["sets"])
+    ax = next(a for a in fig.axes if a.images)
+    assert ax.images[0].get_array().shape == (3, 3) and ax.images[0].get_clim() == (0.0, 1.0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["data", "c0", "pretrain"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["ft_prior_a (fx-ft_prior_a)", "ft_prior_b (fx-ft_prior_b)",
+                                                            "pretrained (fx-pretrained)"]
+    values = claim.experiment["models"]["ft_prior_b"]["by_set"]["c0"]["accuracy"]
+    cell = [t.get_text() for t in _labels(fig)[ax]][4]  # row 1, column 1
+    assert cell == f"{sum(values) / 3:.2f}\n{min(values):.2f}–{max(values):.2f}"
+    assert fig._suptitle.get_text() == "jain.relevance\naccuracy per model and eval set (mean of 3 replicates)"
+    save(fig, tmp_path / "grid.png")
+    assert len(_labels(fig)[ax]) == 9 and _fit_in_cells(fig)
+    paths = evaluate_figures(claim, tmp_path)
+    assert [p.name for p in paths] == ["jain.relevance_accuracy.png"] and paths[0].is_file()
+
+
+def test_an_evaluate_claim_on_its_data_alone_gets_no_figure(tmp_path: Path):
+    from mechcheck.registry import load_builtins
+    from mechcheck.report.figures import write_figures
+
+    load_builtins()
+    assert write_figures(_evaluate_claim(["data", "c0"], seeds=3), tmp_path / "two")  # drawn with two sets
+    assert write_figures(_evaluate_claim(["data"], seeds=3), tmp_path) == []
+    # a report written before `sets` existed (Lin's claims): nothing either
+    old = ClaimResult(id="lin", file="x.yaml", statement="s", outcome="passed", seeds=[0],
+                      experiment={"name": "evaluate", "args": {}, "n": 10, "models": {"m": {"fixture": "f",
+                                  "clean": {"accuracy": [1.0]}}}})
+    assert write_figures(old, tmp_path) == [] and [p.name for p in tmp_path.iterdir()] == ["two"]
+    one = _evaluate_claim(["data", "c0"], seeds=1)
+    from mechcheck.report.figures.evaluate import _draw_grid
+
+    fig = _draw_grid(one.id, one.experiment["models"], one.experiment["sets"])
+    assert "\n" not in [t.get_text() for t in _labels(fig)[fig.axes[0]]][0]  # one replicate: no range
+    assert fig._suptitle.get_text().endswith("(one replicate)")

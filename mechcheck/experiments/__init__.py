@@ -12,23 +12,63 @@ Registration (`mechcheck.registry.EXPERIMENTS`) declares, besides the parameters
 
 Units (`mechcheck.registry.UNITS`) are the computations: ``unit(ctx: UnitContext) -> UnitResult``, registered
 with a code ``version`` that is part of their key (bump it when the same inputs would give other numbers).
+
+Further eval sets (`evaluate`'s and `pruning_revival`'s ``also``): ``{set name: {task argument: value}}``, each
+the claim's task generator with those arguments changed, drawn with the claim's n, split and seed
+(`also_sets` checks them, `variant_data` makes the data set); the claim's own data is the set `DATA`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mechcheck.measurements import DataRef, ModelRef, Unit, make_unit
+from mechcheck.measurements import DataRef, ModelRef, Unit, data_ref, make_unit
 
-__all__ = ["PlanContext", "Plan", "TRAINED"]
+__all__ = ["PlanContext", "Plan", "TRAINED", "DATA", "also_sets", "variant_data"]
 
 #: the recipes that train a model here (the others load one)
 TRAINED = ("scratch", "pretrain", "finetune")
 
 #: role -> per replicate, plan name -> unit
 Plan = dict[str, list[dict[str, Unit]]]
+
+#: the name of the claim's own data among an experiment's eval sets (the others are named by its `also`)
+DATA = "data"
+
+
+def also_sets(experiment: str, task: Any, also: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """An experiment's `also` as ``{set name: {argument: value}}``, checked against the generator of the claim's
+    task fixture `task`: ValueError (naming `experiment`) for a set called 'data' (the claim's own data), for
+    overrides that are not a mapping, and for an argument the generator does not have."""
+    from mechcheck.registry import TASKS
+
+    known = {p.name for p in TASKS.get(task.generator).params}
+    sets: dict[str, dict[str, Any]] = {}
+    for name, overrides in (also or {}).items():
+        name = str(name)
+        if name == DATA:
+            raise ValueError(f"{experiment}: '{DATA}' names the claim's own data; call the others otherwise")
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"{experiment}: also.{name} must map task arguments to values, got "
+                             f"{type(overrides).__name__} {overrides!r}")
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise ValueError(f"{experiment}: also.{name}: task generator '{task.generator}' has no argument "
+                             f"{', '.join(bad)} (it has {', '.join(sorted(known))})")
+        sets[name] = dict(overrides)
+    return sets
+
+
+def variant_data(data: DataRef, overrides: Mapping[str, Any]) -> DataRef:
+    """The data set `data` with its task generator's arguments `overrides` changed: same n, split and seed, and
+    the key of any other data set with those arguments (a unit measured on it is shared)."""
+    from mechcheck.spec import TaskSpec
+
+    spec = data.task
+    variant = TaskSpec(spec.name, spec.generator, {**spec.args, **overrides}, spec.file, spec.description)
+    return data_ref(variant, data.n, data.split, data.seed)
 
 
 @dataclass

@@ -33,26 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from mechcheck.experiments import Plan, PlanContext
+from mechcheck.experiments import DATA, Plan, PlanContext, also_sets, variant_data
 from mechcheck.measurements import Measurements, UnitResult
-from mechcheck.registry import EXPERIMENTS, TASKS, UNITS, Param
+from mechcheck.registry import EXPERIMENTS, UNITS, Param
 
 __all__ = ["pruning_revival", "pruning_curve_unit", "block_probes_experiment", "block_probes_unit", "DATA",
            "curve_sets"]
-
-#: the name of the claim's own data among a pruning curve's eval sets
-DATA = "data"
-
-
-def _variant_batch(data, overrides: dict[str, Any]):
-    """The claim's data with the task generator's arguments `overrides` changed (same n, split, seed)."""
-    from mechcheck.recipes import make_task
-    from mechcheck.spec import TaskSpec
-
-    spec = data.task
-    variant = TaskSpec(spec.name, spec.generator, {**spec.args, **overrides}, spec.file, spec.description)
-    return make_task(variant).sample(data.n, data.split, data.seed)
-
 
 @UNITS.register("pruning_curve", version="1",
                 doc="accuracy after pruning the top-K neurons by gradient x weight (and K random ones)")
@@ -63,7 +49,7 @@ def pruning_curve_unit(ctx) -> UnitResult:
     a = ctx.args
     other = "train" if ctx.data.split == "eval" else "eval"
     score_batch = make_task(ctx.data.task).sample(a["n_score"], other, ctx.data.seed + 1000)
-    batches = {DATA: ctx.batch, **{name: _variant_batch(ctx.data, o) for name, o in a["also"].items()}}
+    batches = {DATA: ctx.batch, **{name: variant_data(ctx.data, o).batch() for name, o in a["also"].items()}}
     curve = pruning_curve(ctx.model, score_batch, batches, a["ks"], batch_size=a["batch_size"])
     arrays = {f"acc/{name}": v for name, v in curve.correct.items()}
     arrays["scores"] = curve.scores.scores[curve.scores.order()[:max(curve.ks)]]
@@ -119,15 +105,7 @@ def pruning_revival(ctx: PlanContext, ks: list | None = None, also: dict | None 
     ks = _ks(ks)
     if ks[0] < 0:
         raise ValueError(f"pruning_revival: ks must be numbers of neurons >= 0, got {ks}")
-    also = {str(k): dict(v) for k, v in (also or {}).items()}
-    known = {p.name for p in TASKS.get(ctx.data.task.generator).params}
-    for name, overrides in also.items():
-        if name == DATA:
-            raise ValueError(f"pruning_revival: '{DATA}' names the claim's own data; call the others otherwise")
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise ValueError(f"pruning_revival: also.{name}: task generator '{ctx.data.task.generator}' has no "
-                             f"argument {', '.join(bad)} (it has {', '.join(sorted(known))})")
+    also = also_sets("pruning_revival", ctx.data.task, also)
     return ctx.per_replicate(lambda role, i, ref: {"curve": ctx.unit(
         "pruning_curve", (ref,), ks=ks, also=also, n_score=n_score, random=bool(random), batch_size=batch_size)})
 

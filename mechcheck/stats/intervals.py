@@ -198,7 +198,8 @@ def difference_estimate(a: Sequence[np.ndarray], b: Sequence[np.ndarray], scope_
 
     Each role's replicates are independent trainings (their seed variances add); the example noise shared by
     both roles is taken from the per-example difference of their replicate-averaged values, so what both
-    models find hard on the same examples cancels.
+    models find hard on the same examples cancels. Two checkpoints on the same examples with 0/1 values (two
+    models' accuracies) the interval is widened to the paired score interval (`_paired_score_bounds`).
     """
     A, B = _arrays(a), _arrays(b)
     for side, arrays, scope in (("first", A, scope_a), ("second", B, scope_b)):
@@ -217,8 +218,40 @@ def difference_estimate(a: Sequence[np.ndarray], b: Sequence[np.ndarray], scope_
         components += [(float(x[0].var(ddof=1)) / x[0].size, x[0].size - 1) for x in (A, B) if len(x) == 1]
         how = "independent examples"
     scope = RECIPE if RECIPE in (scope_a, scope_b) else CHECKPOINT
-    return _finish(estimate, components, level, n, min(len(A), len(B)), scope,
-                   f"difference, t interval ({len(A)} vs {len(B)} replicates, {how})", mA, mB)
+    est = _finish(estimate, components, level, n, min(len(A), len(B)), scope,
+                  f"difference, t interval ({len(A)} vs {len(B)} replicates, {how})", mA, mB)
+    if (len(A) == len(B) == 1 and how == "paired by example" and math.isfinite(est.lo)
+            and np.isin(A[0], (0.0, 1.0)).all() and np.isin(B[0], (0.0, 1.0)).all()):
+        return _paired_score_bounds(est, A[0], B[0], level)
+    return est
+
+
+def _paired_score_bounds(est: Estimate, a: np.ndarray, b: np.ndarray, level: float) -> Estimate:
+    """`est` widened to the score interval (Tango 1998) of the difference of two paired proportions.
+
+    Two checkpoints' 0/1 values on the same n examples: k10 examples where only the first is right, k01 where only
+    the second is. The interval is every d with |k10 - k01 - n d| <= z sqrt(n (2 q + d - d^2)), q the maximum-
+    likelihood share of (0, 1) pairs given d; like Wilson's interval, the variance is taken at each candidate d,
+    not at the estimate. Near a bound (0.99 vs 0.97 with 200 examples: a handful of discordant pairs) the t
+    interval over the paired differences alone gave 6.5 % false fails at the threshold. The result is the hull.
+    """
+    n = a.size
+    k10, k01 = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    z = _t_quantile(level, n - 1)
+    d_hat = (k10 - k01) / n
+
+    def score(d: float) -> float:
+        w = (2 * n - k10 + k01) * d - (k10 + k01)
+        q = (-w + math.sqrt(max(w * w + 8 * n * k01 * d * (1 - d), 0.0))) / (4 * n)  # max: rounding at d = -1
+        var = n * (2 * q + d - d * d)
+        gap = k10 - k01 - n * d
+        return gap / math.sqrt(var) if var > 0 else math.copysign(math.inf, gap) if gap else 0.0
+
+    edge = 1e-12
+    lo = -1.0 if score(-1 + edge) <= z else _optimize.brentq(lambda d: score(d) - z, -1 + edge, d_hat)
+    hi = 1.0 if score(1 - edge) >= -z else _optimize.brentq(lambda d: score(d) + z, d_hat, 1 - edge)
+    return dataclasses.replace(est, lo=min(est.lo, lo), hi=max(est.hi, hi),
+                               method=est.method + ", widened to the paired score interval")
 
 
 def _replicate_component(v: np.ndarray, w: np.ndarray, scope: str, side: str) -> tuple[float, float] | str:
