@@ -782,6 +782,20 @@ def _curve_role(rng, R: int, scope: str, p: np.ndarray) -> RoleData:
     return _role(reps, scope, meta=meta)
 
 
+def _layout_rows(check: str, regimes, cases, build, truth, heavy: bool = False, note: str = "") -> list[Row]:
+    """One row per regime (name, seed sd) x layout of LAYOUTS2 x case (planted, model's, than's, threshold);
+    one recipe seed gets only the `above` case (it cannot pass: every pass would be a bug)."""
+    rows = []
+    for regime, seed_sd in regimes:
+        for R, scope in LAYOUTS2:
+            for planted, a, b, value in cases:
+                if scope == "recipe" and R == 1 and planted != "above":
+                    continue
+                rows.append(Row(check, regime, R, planted, build(R, scope, a, b, value, seed_sd), scope, truth(a, b),
+                                value, heavy=heavy, note=note if planted != "null" else ""))
+    return rows
+
+
 def _learning_rows() -> list[Row]:
     """steps_ratio_at_most (planted ratios of steps@0.9) and curve_accuracy_higher (planted accuracies at step
     300), seed variation on the log2 steps (the accuracy) plus binomial noise on each evaluation."""
@@ -795,15 +809,10 @@ def _learning_rows() -> list[Row]:
                     {"model": "m", "than": "t", "value": value})
         return make
 
-    for regime, seed_sd in (("seed>ex", 0.4), ("ex>seed", 0.03)):
-        for R, scope in LAYOUTS2:
-            for planted, cm, ct, value in (("at_threshold", 5.0, 7.0, 0.25), ("null", 6.0, 6.0, 1.0),
-                                           ("above", 5.0, 7.0, 0.5)):
-                if scope == "recipe" and R == 1 and planted != "above":
-                    continue
-                rows.append(Row("steps_ratio_at_most", regime, R, planted, ratio(R, scope, cm, ct, value, seed_sd),
-                                scope, 2.0 ** (cm - ct), value, heavy=True,
-                                note="steps@0.9 of model 2^5, than 2^7 (ratio 0.25)" if planted != "null" else ""))
+    rows += _layout_rows("steps_ratio_at_most", (("seed>ex", 0.4), ("ex>seed", 0.03)),
+                         (("at_threshold", 5.0, 7.0, 0.25), ("null", 6.0, 6.0, 1.0), ("above", 5.0, 7.0, 0.5)),
+                         ratio, lambda cm, ct: 2.0 ** (cm - ct), heavy=True,
+                         note="steps@0.9 of model 2^5, than 2^7 (ratio 0.25)")
 
     def higher(R, scope, p_model, p_than, by, seed_sd):
         def make(rng, sim):
@@ -815,14 +824,9 @@ def _learning_rows() -> list[Row]:
                     {"model": "m", "than": "t", "step": 300, "by": by})
         return make
 
-    for regime, seed_sd in (("seed>ex", 0.04), ("ex>seed", 0.003)):
-        for R, scope in LAYOUTS2:
-            for planted, pm, pt, by in (("at_threshold", 0.6, 0.5, 0.1), ("null", 0.5, 0.5, 0.0),
-                                        ("above", 0.7, 0.5, 0.1)):
-                if scope == "recipe" and R == 1 and planted != "above":
-                    continue
-                rows.append(Row("curve_accuracy_higher", regime, R, planted, higher(R, scope, pm, pt, by, seed_sd),
-                                scope, pm - pt, by))
+    rows += _layout_rows("curve_accuracy_higher", (("seed>ex", 0.04), ("ex>seed", 0.003)),
+                         (("at_threshold", 0.6, 0.5, 0.1), ("null", 0.5, 0.5, 0.0), ("above", 0.7, 0.5, 0.1)),
+                         higher, lambda pm, pt: pm - pt)
     return rows
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mechcheck.checks import CheckContext, run_check
-from mechcheck.errors import SpecError
+from judging import agrees, judge
+from mechcheck.errors import SpecError, SpecErrors
 from mechcheck.experiments import DATA, PlanContext, also_sets, variant_data
 from mechcheck.measurements import Measurements, ModelRef, RoleData, data_ref
 from mechcheck.registry import CHECKS, EXPERIMENTS, load_builtins
-from mechcheck.spec import TaskSpec
+from mechcheck.spec import TaskSpec, load_claims
 
 COPY6 = TaskSpec("copy6", "copy_first", {"length": 6}, "tasks/copy6.yaml")
 
@@ -119,18 +119,6 @@ def _meas(roles, experiment="evaluate", n=300):
     return Measurements(experiment, args, roles, n, 2, seed=7)
 
 
-def _judge(meas, name, **args):
-    load_builtins()
-    return run_check(CheckContext(meas, claim_file="c.yaml"), name, CHECKS.get(name).with_defaults(args))
-
-
-def _agrees(got, value, direction=">="):
-    est = got.effect
-    assert est.lo <= est.estimate <= est.hi
-    if direction == ">=":
-        assert (got.outcome == "passed") == (est.lo > value) and (got.outcome == "failed") == (est.hi < value)
-    else:
-        assert (got.outcome == "passed") == (est.hi < value) and (got.outcome == "failed") == (est.lo > value)
 
 
 GRID = {DATA: 0.9, "c0": 0.5, "pretrain": 0.1}
@@ -139,9 +127,9 @@ GRID = {DATA: 0.9, "c0": 0.5, "pretrain": 0.1}
 @pytest.mark.parametrize("task, value, outcome", [(DATA, 0.8, "passed"), ("c0", 0.5, "inconclusive"),
                                                   ("c0", 0.7, "failed"), ("pretrain", 0.02, "passed")])
 def test_accuracy_at_least_on_each_set(task, value, outcome):
-    got = _judge(_meas({"m": _role(_reps(GRID))}), "accuracy_at_least", model="m", value=value, task=task)
+    got = judge(_meas({"m": _role(_reps(GRID))}), "accuracy_at_least", model="m", value=value, task=task)
     assert got.outcome == outcome, got.message
-    _agrees(got, value)
+    agrees(got, value)
     assert got.effect.estimate == pytest.approx(GRID[task], abs=0.06)
     assert (f"on '{task}'" in got.message) == (task != DATA) and got.control == {"label": "chance", "estimate": 0.5}
 
@@ -149,20 +137,20 @@ def test_accuracy_at_least_on_each_set(task, value, outcome):
 @pytest.mark.parametrize("task, value, outcome", [("pretrain", 0.2, "passed"), ("c0", 0.5, "inconclusive"),
                                                   (DATA, 0.8, "failed")])
 def test_accuracy_at_most_mirrors_it(task, value, outcome):
-    got = _judge(_meas({"m": _role(_reps(GRID))}), "accuracy_at_most", model="m", value=value, task=task)
+    got = judge(_meas({"m": _role(_reps(GRID))}), "accuracy_at_most", model="m", value=value, task=task)
     assert got.outcome == outcome, got.message
-    _agrees(got, value, "<=")
+    agrees(got, value, "<=")
     assert got.direction == "<=" and f"(needs < {value})" in got.message
 
 
 def test_chance_is_that_of_the_set_and_one_checkpoint_gets_the_exact_interval():
     reps = _reps({DATA: 0.0, "wide": 0.5}, R=1, scope="checkpoint", candidates={"wide": 4})
     meas = _meas({"m": _role(reps, "checkpoint")})
-    zero = _judge(meas, "accuracy_at_most", model="m", value=0.05)
+    zero = judge(meas, "accuracy_at_most", model="m", value=0.05)
     assert zero.outcome == "passed" and zero.effect.lo == 0.0 and "Clopper-Pearson" in zero.effect.method
     assert "one checkpoint" in zero.message
-    assert _judge(meas, "accuracy_at_least", model="m", value=0.3, task="wide").control["estimate"] == 0.25
-    one = _judge(_meas({"m": _role(_reps(GRID, R=1))}), "accuracy_at_least", model="m", value=0.5)
+    assert judge(meas, "accuracy_at_least", model="m", value=0.3, task="wide").control["estimate"] == 0.25
+    one = judge(_meas({"m": _role(_reps(GRID, R=1))}), "accuracy_at_least", model="m", value=0.5)
     assert one.outcome == "inconclusive" and "2 or more seeds" in one.message
 
 
@@ -172,9 +160,9 @@ def test_accuracy_higher_pairs_two_models_on_the_same_set(task, by, outcome):
     ft = _reps({DATA: 0.9, "c0": 0.6, "pretrain": 0.1}, seed=1)
     pre = _reps({DATA: 0.5, "c0": 0.6, "pretrain": 0.9}, R=1, scope="checkpoint", seed=2)
     meas = _meas({"ft": _role(ft), "pre": _role(pre, "checkpoint")})
-    got = _judge(meas, "accuracy_higher", model="ft", than="pre", by=by, task=task)
+    got = judge(meas, "accuracy_higher", model="ft", than="pre", by=by, task=task)
     assert got.outcome == outcome, got.message
-    _agrees(got, by)
+    agrees(got, by)
     acc = got.details["accuracy"]
     assert got.effect.estimate == pytest.approx(acc["ft"] - acc["pre"])
     assert f"'ft' {acc['ft']:.3f}, 'pre' {acc['pre']:.3f}" in got.message
@@ -185,23 +173,23 @@ def test_accuracy_higher_pairs_two_models_on_the_same_set(task, by, outcome):
 def test_accuracy_higher_of_two_checkpoints_and_of_a_role_with_itself():
     a = _reps({DATA: 0.99}, R=1, n=200, scope="checkpoint", seed=3)
     b = _reps({DATA: 0.97}, R=1, n=200, scope="checkpoint", seed=4)
-    got = _judge(_meas({"a": _role(a, "checkpoint"), "b": _role(b, "checkpoint")}, n=200), "accuracy_higher",
+    got = judge(_meas({"a": _role(a, "checkpoint"), "b": _role(b, "checkpoint")}, n=200), "accuracy_higher",
                  model="a", than="b")
     assert "paired score interval" in got.effect.method and got.effect.lo <= got.effect.estimate
     with pytest.raises(SpecError, match="compared with itself"):
-        _judge(_meas({"m": _role(_reps(GRID))}), "accuracy_higher", model="m", than="m")
+        judge(_meas({"m": _role(_reps(GRID))}), "accuracy_higher", model="m", than="m")
 
 
 def test_an_unknown_set_names_those_measured():
     meas = _meas({"m": _role(_reps(GRID))})
     with pytest.raises(SpecError, match=r"task: no eval set 'c1' \(measured: data, c0, pretrain; 'data' is the "
                                         r"claim's data, the others are the experiment's `also`\)"):
-        _judge(meas, "accuracy_at_least", model="m", value=0.5, task="c1")
+        judge(meas, "accuracy_at_least", model="m", value=0.5, task="c1")
     ablation = Measurements("head_ablation", EXPERIMENTS.get("head_ablation").with_defaults({}),
                             {"m": _role(_reps({DATA: 0.9}))}, 300, 2)
-    assert _judge(ablation, "accuracy_at_least", model="m", value=0.5).outcome == "passed"
+    assert judge(ablation, "accuracy_at_least", model="m", value=0.5).outcome == "passed"
     with pytest.raises(SpecError, match="measured: data; .*experiment 'head_ablation' measures no other"):
-        _judge(ablation, "accuracy_at_least", model="m", value=0.5, task="c0")
+        judge(ablation, "accuracy_at_least", model="m", value=0.5, task="c0")
 
 
 def test_the_summary_keeps_its_keys_and_adds_every_set():
@@ -309,3 +297,35 @@ def test_a_relevance_grid_of_the_wrapper_through_the_cli(claim_tree, tmp_path, w
     assert all((run_dir / f).is_file() for f in grid.figures)
     assert one.outcome == "passed" and one.figures == [] and one.experiment["sets"] == ["data"]
     assert "task" not in one.checks[0].args  # the normalised arguments of a claim without `task` are as they were
+
+
+def test_validate_catches_an_eval_set_the_experiment_does_not_measure(claim_tree):
+    """A check's `task` must be 'data' or a name of the experiment's `also` before anything runs (also for the
+    pruning checks); a claim without `also` has only 'data'."""
+    path = claim_tree("claims/sets.yaml", """
+        id: sets.typo
+        statement: eval-set names are checked at validation
+        models: {m: one-head}
+        data: {task: copy6, n: 20}
+        experiment: {evaluate: {also: {longer: {length: 8}}}}
+        expect:
+          - accuracy_at_least: {model: m, value: 0.5, task: longer}
+          - accuracy_at_most: {model: m, value: 0.5, task: data}
+          - accuracy_at_most: {model: m, value: 0.5, task: longr}
+    """)
+    with pytest.raises(SpecErrors) as err:
+        load_claims([path])
+    text = str(err.value)
+    assert "expect[2].accuracy_at_most.task: 'longr' is not one of the values of the experiment's `also`" in text
+    assert "did you mean 'longer'" in text and "expect[0]" not in text and "expect[1]" not in text
+    path = claim_tree("claims/nosets.yaml", """
+        id: sets.none
+        statement: without also there is only the claim's data
+        models: {m: one-head}
+        data: {task: copy6, n: 20}
+        experiment: {pruning_revival: {ks: [1]}}
+        expect:
+          - pruning_revives_at_least: {model: m, k: 1, value: 0.1, task: finetune}
+    """)
+    with pytest.raises(SpecErrors, match=r"'finetune' is not one of the values of the experiment's `also`.*allowed: data"):
+        load_claims([path])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mechcheck.checks import CheckContext, run_check
+from judging import agrees, judge
 from mechcheck.experiments import PlanContext
 from mechcheck.experiments.pruning import block_probes_unit, pruning_curve_unit
 from mechcheck.known_answer import WRAPPER_NEURON, relay_model, single_head_copy_model
@@ -211,42 +211,30 @@ def _curve_meas(p0, pk, R=3, n=300, scope="recipe", seed=0, ks=(0, 1, 4)):
     return Measurements("pruning_revival", args, {"m": _role(reps, scope)}, n, 4, seed=7)
 
 
-def _judge(meas, name, **args):
-    load_builtins()
-    return run_check(CheckContext(meas, claim_file="c.yaml"), name, CHECKS.get(name).with_defaults(args))
-
-
-def _agrees(got, value, direction=">="):
-    est = got.effect
-    assert est.lo <= est.estimate <= est.hi
-    if direction == ">=":
-        assert (got.outcome == "passed") == (est.lo > value) and (got.outcome == "failed") == (est.hi < value)
-    else:
-        assert (got.outcome == "passed") == (est.hi < value) and (got.outcome == "failed") == (est.lo > value)
 
 
 @pytest.mark.parametrize("value, outcome", [(0.2, "passed"), (0.4, "inconclusive"), (0.6, "failed")])
 def test_pruning_revives_at_least_verdicts(value, outcome):
-    got = _judge(_curve_meas(0.1, 0.5), "pruning_revives_at_least", model="m", k=4, value=value)
+    got = judge(_curve_meas(0.1, 0.5), "pruning_revives_at_least", model="m", k=4, value=value)
     assert got.outcome == outcome, got.message
-    _agrees(got, value)
+    agrees(got, value)
     assert got.effect.estimate == pytest.approx(0.4, abs=0.06)
     assert got.control["label"] == "4 random neurons pruned" and got.control["estimate"] == 0.0
 
 
 @pytest.mark.parametrize("value, outcome", [(0.2, "passed"), (0.4, "inconclusive"), (0.6, "failed")])
 def test_pruning_drops_at_least_verdicts(value, outcome):
-    got = _judge(_curve_meas(0.1, 0.5), "pruning_drops_at_least", model="m", k=1, task="finetune", value=value)
+    got = judge(_curve_meas(0.1, 0.5), "pruning_drops_at_least", model="m", k=1, task="finetune", value=value)
     assert got.outcome == outcome, got.message
-    _agrees(got, value)
+    agrees(got, value)
 
 
 def test_random_neurons_revive_nothing_and_one_seed_of_a_recipe_is_inconclusive():
-    got = _judge(_curve_meas(0.1, 0.5), "pruning_revives_at_least", model="m", k=4, value=0.05, neurons="random")
+    got = judge(_curve_meas(0.1, 0.5), "pruning_revives_at_least", model="m", k=4, value=0.05, neurons="random")
     assert got.outcome == "failed" and got.effect.estimate == 0.0 and got.control is None
-    one = _judge(_curve_meas(0.1, 0.5, R=1), "pruning_revives_at_least", model="m", k=4, value=0.05)
+    one = judge(_curve_meas(0.1, 0.5, R=1), "pruning_revives_at_least", model="m", k=4, value=0.05)
     assert one.outcome == "inconclusive" and "2 or more seeds" in one.message
-    ckpt = _judge(_curve_meas(0.1, 0.5, R=1, scope="checkpoint"), "pruning_revives_at_least", model="m", k=4,
+    ckpt = judge(_curve_meas(0.1, 0.5, R=1, scope="checkpoint"), "pruning_revives_at_least", model="m", k=4,
                   value=0.2)
     assert ckpt.outcome == "passed" and "one checkpoint" in ckpt.message
 
@@ -256,9 +244,9 @@ def test_pruning_checks_name_what_exists():
 
     meas = _curve_meas(0.1, 0.5)
     with pytest.raises(SpecError, match="no eval set 'pretrain'"):
-        _judge(meas, "pruning_revives_at_least", model="m", k=4, value=0.1, task="pretrain")
+        judge(meas, "pruning_revives_at_least", model="m", k=4, value=0.1, task="pretrain")
     with pytest.raises(SpecError, match="not one of the experiment's ks"):
-        _judge(meas, "pruning_revives_at_least", model="m", k=3, value=0.1)
+        judge(meas, "pruning_revives_at_least", model="m", k=3, value=0.1)
 
 
 def _probe_meas(accs, nulls=(0.5, 0.5, 0.5), R=3, n=200, scope="recipe", seed=0, other=None):
@@ -288,28 +276,28 @@ def _probe_meas(accs, nulls=(0.5, 0.5, 0.5), R=3, n=200, scope="recipe", seed=0,
 
 @pytest.mark.parametrize("value, outcome", [(0.7, "passed"), (0.8, "inconclusive"), (0.9, "failed")])
 def test_probe_accuracy_at_least_verdicts(value, outcome):
-    got = _judge(_probe_meas([0.5, 0.8, 0.8]), "probe_accuracy_at_least", model="m", block=2, value=value)
+    got = judge(_probe_meas([0.5, 0.8, 0.8]), "probe_accuracy_at_least", model="m", block=2, value=value)
     assert got.outcome == outcome, got.message
-    _agrees(got, value)
+    agrees(got, value)
     assert got.details["nulls"]["chance"] == 0.5 and "untrained" in got.details["nulls"]
 
 
 @pytest.mark.parametrize("against, by, outcome", [("shuffled", 0.2, "passed"), ("untrained", 0.2, "failed"),
                                                   ("untrained", 0.0, "inconclusive")])
 def test_probe_above_null_verdicts(against, by, outcome):
-    got = _judge(_probe_meas([0.5, 0.8, 0.8], nulls=(0.5, 0.8, 0.8)), "probe_above_null", model="m", block=1,
+    got = judge(_probe_meas([0.5, 0.8, 0.8], nulls=(0.5, 0.8, 0.8)), "probe_above_null", model="m", block=1,
                  against=against, by=by)
     assert got.outcome == outcome, got.message
-    _agrees(got, by)
+    agrees(got, by)
 
 
 @pytest.mark.parametrize("other, within, outcome", [(0.8, 0.1, "passed"), (0.45, 0.2, "failed"),
                                                     (0.75, 0.05, "inconclusive")])
 def test_probe_accuracy_close_verdicts(other, within, outcome):
-    got = _judge(_probe_meas([0.5, 0.8, 0.8], other=[0.5, other, other]), "probe_accuracy_close", model="m",
+    got = judge(_probe_meas([0.5, 0.8, 0.8], other=[0.5, other, other]), "probe_accuracy_close", model="m",
                  than="o", block=1, within=within)
     assert got.outcome == outcome, got.message
-    _agrees(got, within, "<=")
+    agrees(got, within, "<=")
     d = got.details["difference"]
     assert got.effect.estimate == pytest.approx(abs(d["estimate"])) and got.effect.hi == pytest.approx(
         max(abs(d["lo"]), abs(d["hi"])))
@@ -319,6 +307,6 @@ def test_probe_checks_name_what_exists():
     from mechcheck.errors import SpecError
 
     with pytest.raises(SpecError, match="block 3 does not exist"):
-        _judge(_probe_meas([0.5, 0.8, 0.8]), "probe_accuracy_at_least", model="m", block=3, value=0.5)
+        judge(_probe_meas([0.5, 0.8, 0.8]), "probe_accuracy_at_least", model="m", block=3, value=0.5)
     with pytest.raises(SpecError, match="compared with itself"):
-        _judge(_probe_meas([0.5, 0.8, 0.8]), "probe_accuracy_close", model="m", than="m", block=1, within=0.1)
+        judge(_probe_meas([0.5, 0.8, 0.8]), "probe_accuracy_close", model="m", than="m", block=1, within=0.1)

@@ -23,7 +23,7 @@ from mechcheck.results import CheckResult, Estimate
 __all__ = ["accuracy_at_least", "accuracy_at_most", "accuracy_higher", "accuracy_estimate", "scope_note"]
 
 # keyless: accuracy_at_least had no `task` when the shipped baseline was recorded; its check ids stay the same
-TASK = Param("task", "str", default=DATA, keyless=True,
+TASK = Param("task", "str", default=DATA, keyless=True, within="also",
              doc="eval set: 'data' (the claim's data) or a name of the experiment's `also` (evaluate)")
 _VALUE = Param("value", "float", required=True, min=0.0, max=1.0, doc="accuracy threshold")
 

@@ -31,7 +31,8 @@ _ARGS = (
     Param("k", "int", required=True, min=0, within="ks",
           doc="number of top neurons pruned (one of the experiment's ks)"),
     Param("value", "float", required=True, min=0.0, max=1.0, doc="accuracy change threshold"),
-    Param("task", "str", default=DATA, doc="eval set: 'data' (the claim's data) or a name of the experiment's `also`"),
+    Param("task", "str", default=DATA, within="also",
+          doc="eval set: 'data' (the claim's data) or a name of the experiment's `also`"),
     Param("neurons", "choice", default="top", choices=("top", "random"),
           doc="judge the top-K neurons by gradient x weight, or the K random ones of the null"),
 )

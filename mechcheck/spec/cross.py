@@ -3,7 +3,8 @@
 - A check registered with ``experiments=(...)`` reads only those experiments' measurements; a claim whose
   experiment is not among them cannot be judged (a check without the keyword, e.g. a plugin's, reads any).
 - A check argument declared ``Param(within="x")`` must be one of the values of the claim's experiment argument
-  ``x`` after defaults (a decoding check's `variable` is one of the decoded `variables`).
+  ``x`` after defaults (a decoding check's `variable` is one of the decoded `variables`); for a mapping, one of
+  its names or the check argument's default (a check's eval set `task` is `data` or a name of `also`).
 - Head and layer indices of a check (kinds `head`, `heads`, `layers`, an integer `layer`, an int with
   ``limit="heads"``, a ``top_<k>`` selector) must exist in the model its `model` argument names. At validation
   the shape is the one its fixture declares (`declared_shape`; unknown for a `load`); the runner calls
@@ -74,9 +75,11 @@ def check_experiment(f: _F, experiment: ExperimentSpec, line: int, checks: Itera
             value = check.args.get(p.name)
             if p.within is None or value is None or p.within not in exp_params:
                 continue
-            pool = experiment.args.get(p.within)
+            pool = experiment.args.get(p.within, EXPERIMENTS.get(experiment.name).param(p.within).default)
             if pool is None:
                 continue
+            if isinstance(pool, Mapping):  # a mapping of named things (`also` sets): its names, and the default
+                pool = [p.default, *pool]
             pool = pool if isinstance(pool, list) else [pool]
             for x in value if isinstance(value, list) else [value]:
                 if x not in pool:
