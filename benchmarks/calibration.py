@@ -203,21 +203,16 @@ def _accuracy_rows() -> list[Row]:
                     {"model": "m", "n": grid[1], "value": value, "than": None})
         return make
 
-    for regime in REGIMES:
-        for R, scope in LAYOUTS2:
-            for planted, mu, value in (("at_threshold", 0.6, 0.6), ("null", 0.5, 0.5), ("above", 0.66, 0.6)):
-                if scope == "recipe" and R == 1 and planted == "null":
-                    continue
-                rows.append(Row("accuracy_at_least", regime, R, planted, build(mu, value, R, scope, regime), scope,
-                                mu, value))
-    for regime in REGIMES:
-        for R, scope in LAYOUTS2:
-            # the mirror of accuracy_at_least: "above" is a true accuracy below the bound by the same margin
-            for planted, mu, value in (("at_threshold", 0.4, 0.4), ("null", 0.5, 0.5), ("above", 0.34, 0.4)):
-                if scope == "recipe" and R == 1 and planted == "null":
-                    continue
-                rows.append(Row("accuracy_at_most", regime, R, planted, build(mu, value, R, scope, regime), scope,
-                                mu, value))
+    # accuracy_at_most is the mirror of accuracy_at_least: "above" is a true accuracy below the bound by the margin
+    cases = {"accuracy_at_least": (("at_threshold", 0.6, 0.6), ("null", 0.5, 0.5), ("above", 0.66, 0.6)),
+             "accuracy_at_most": (("at_threshold", 0.4, 0.4), ("null", 0.5, 0.5), ("above", 0.34, 0.4))}
+    for check, planted_cases in cases.items():
+        for regime in REGIMES:
+            for R, scope in LAYOUTS2:
+                for planted, mu, value in planted_cases:
+                    if scope == "recipe" and R == 1 and planted == "null":
+                        continue
+                    rows.append(Row(check, regime, R, planted, build(mu, value, R, scope, regime), scope, mu, value))
     grid = (64, 128, 256)
     for R, scope in ((1, "checkpoint"), (3, "recipe"), (5, "recipe")):
         for planted, mu, value in (("at_threshold", 0.8, 0.8), ("null", 0.5, 0.5), ("above", 0.86, 0.8)):
