@@ -22,9 +22,9 @@ from typing import Any
 
 from mechcheck.registry import CHECKS, EXPERIMENTS, RECIPES, TASKS, Param, Registry
 from mechcheck.skeleton import _num, describe, skeleton
-from mechcheck.spec.loader import (
-    _ARCH, _CLAIM_OVERLAY, _DATA, _FIXTURE_RE, _ID_RE, _MODEL_OVERLAY, _RECIPE_RULES, _ROLE_RE, _SOURCE,
-    _TASK_OVERLAY, _TRAIN, _TRAINED,
+from mechcheck.spec.fields import (
+    ARCH_FIELDS, CLAIM_OVERLAY, DATA_FIELDS, FIXTURE_RE, ID_RE, MODEL_OVERLAY, RECIPE_RULES, ROLE_RE, SOURCE_FIELDS,
+    TASK_OVERLAY, TRAIN_FIELDS, TRAINED,
 )
 from mechcheck.spec.profiles import _PROFILE_RE
 
@@ -68,7 +68,7 @@ def _kind(p: Param) -> dict[str, Any]:
     elif k == "choice":
         s = {"enum": list(p.choices)}
     elif k == "model":
-        s = {"type": "string", "pattern": _ROLE_RE.pattern}
+        s = {"type": "string", "pattern": ROLE_RE.pattern}
     elif k in ("tokens", "label", "labels"):
         names = _union_meta("token_groups" if k == "tokens" else "labels")
         one = {"type": "string", **({"enum": names} if names is not None else {})}
@@ -138,7 +138,7 @@ def _call(registry: Registry, partial: bool) -> dict[str, Any]:
 def _ref(kind: str, partial: bool) -> dict[str, Any]:
     """A fixture name (fixtures/<kind>s/<name>.yaml) or an inline definition."""
     return {"description": f"a {kind} fixture name, or an inline {kind} mapping", "if": {"type": "string"},
-            "then": {"pattern": _FIXTURE_RE.pattern},
+            "then": {"pattern": FIXTURE_RE.pattern},
             "else": {"$ref": f"#/$defs/{kind}_{'partial' if partial else 'inline'}"}}
 
 
@@ -175,34 +175,34 @@ def _model(mode: str) -> dict[str, Any]:
     """A model fixture: `mode` "file", "inline" (no `name` needed), "partial" (inside an overlay: nothing needed)."""
     partial = mode == "partial"
     train_extra = {}  # Param bounds are inclusive; the loader wants these two > 0
-    for p in (p for p in _TRAIN if p.name in ("lr", "grad_clip")):
+    for p in (p for p in TRAIN_FIELDS if p.name in ("lr", "grad_clip")):
         s = {k: v for k, v in _param(p).items() if k != "minimum"}
         train_extra[p.name] = s | {"exclusiveMinimum": 0, "description": s["description"].replace(">=", ">")}
-    strict = {"architecture": _fields(_ARCH, False), "train": _fields(_TRAIN, False, train_extra),
+    strict = {"architecture": _fields(ARCH_FIELDS, False), "train": _fields(TRAIN_FIELDS, False, train_extra),
               "task": _ref("task", False), "from": _ref("model", False)}
     props: dict[str, Any] = {
         "name": {"type": "string"} if mode == "file" else {"type": ["string", "null"]},
         "description": {"type": "string"},
         "recipe": {"enum": RECIPES.names(), "description": "how the model is built"},
-        "architecture": _fields(_ARCH, True),
+        "architecture": _fields(ARCH_FIELDS, True),
         "task": _ref("task", True),
-        "train": _fields(_TRAIN, True, train_extra),
+        "train": _fields(TRAIN_FIELDS, True, train_extra),
         "from": _ref("model", True),
         **{k: {"type": ["string", "null"]} for k in ("path", "hub", "revision", "adapter")},
         "dtype": {"enum": ["float32", "float16", "bfloat16", None], "description": "load: cast the weights"},
         "seed": {"type": ["integer", "null"], "minimum": 0},
     }
-    props["profiles"] = _profiles(_overlay(props, _MODEL_OVERLAY))
+    props["profiles"] = _profiles(_overlay(props, MODEL_OVERLAY))
     s: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False,
                          "required": [] if partial else (["name", "recipe"] if mode == "file" else ["recipe"])}
     rules = [] if partial else [_unless_overlaid(k, {"properties": {k: v}}) for k, v in strict.items()]
     for recipe in RECIPES.names():
-        if recipe not in (*_TRAINED, "load"):
+        if recipe not in (*TRAINED, "load"):
             continue  # a plugin recipe: its fields are its own business
         banned = {k: {"not": {}, "description": f"not allowed for recipe '{recipe}' (only for {', '.join(allowed)})"}
-                  for k, (_, allowed) in _RECIPE_RULES.items() if recipe not in allowed}
+                  for k, (_, allowed) in RECIPE_RULES.items() if recipe not in allowed}
         then: dict[str, Any] = {"properties": {**banned, "profiles": {"additionalProperties": {"properties": banned}}}}
-        needed = [k for k, (needed_by, _) in _RECIPE_RULES.items() if recipe in needed_by]
+        needed = [k for k, (needed_by, _) in RECIPE_RULES.items() if recipe in needed_by]
         pair = {"scratch": ("architecture", "from"), "load": ("path", "hub")}.get(recipe)
         all_of = (_exactly_one(*pair, partial) if pair else []) + (
             [] if partial else [_unless_overlaid(k, {"required": [k]}) for k in needed])
@@ -221,7 +221,7 @@ def _task(mode: str) -> dict[str, Any]:
         "generator": {"enum": TASKS.names(), "description": "a registered task generator"},
         "args": {"type": ["object", "null"], "description": "the generator's arguments"},
     }
-    props["profiles"] = _profiles(_overlay(props, _TASK_OVERLAY))
+    props["profiles"] = _profiles(_overlay(props, TASK_OVERLAY))
     rules = []
     for g in TASKS.names():
         params = TASKS.get(g).params
@@ -241,11 +241,11 @@ def _task(mode: str) -> dict[str, Any]:
 def _claim() -> dict[str, Any]:
     """A claim file; `models`, `data`, `experiment` and `expect` may come from an overlay."""
     def parts(partial: bool) -> dict[str, Any]:
-        data = _fields(_DATA, partial, {"task": _ref("task", partial)})
+        data = _fields(DATA_FIELDS, partial, {"task": _ref("task", partial)})
         data["type"] = "object"
         if not partial:
             data["required"] = ["task"]
-        models = {"type": "object", "propertyNames": {"pattern": _ROLE_RE.pattern},
+        models = {"type": "object", "propertyNames": {"pattern": ROLE_RE.pattern},
                   "additionalProperties": _ref("model", partial), "description": "role -> model fixture"}
         expect = {"type": "array", "items": {"$ref": "#/$defs/check" + ("_partial" if partial else "")},
                   "description": "the checks"}
@@ -256,16 +256,16 @@ def _claim() -> dict[str, Any]:
 
     loose, strict = parts(True), parts(False)
     props: dict[str, Any] = {
-        "id": {"type": "string", "pattern": _ID_RE.pattern},
+        "id": {"type": "string", "pattern": ID_RE.pattern},
         "statement": {"type": "string", "description": "the hypothesis, in words"},
-        "source": _fields(_SOURCE, False),
+        "source": _fields(SOURCE_FIELDS, False),
         # the loader reads `tags` as `value or []`: any false-like value is an empty list
         "tags": {"if": {"type": "array"}, "then": {"items": {"type": "string"}},
                  "else": {"enum": [None, False, 0, "", {}]}},
         **loose,
     }
     # an overlay replaces `expect` whole: its checks must be complete
-    props["profiles"] = _profiles(_overlay({**loose, "expect": strict["expect"]}, _CLAIM_OVERLAY))
+    props["profiles"] = _profiles(_overlay({**loose, "expect": strict["expect"]}, CLAIM_OVERLAY))
     rules = [_unless_overlaid(k, {"required": [k], "properties": {k: strict[k]}})
              for k in ("models", "data", "experiment", "expect")]
     return {"type": "object", "properties": props, "additionalProperties": False, "required": ["id", "statement"],

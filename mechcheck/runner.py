@@ -18,18 +18,16 @@ reason, and only a measurement that misses its threshold is `failed`. One claim'
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mechcheck.errors import ClaimSkipped, SpecError
-from mechcheck.results import ClaimResult, ModelRun, RunReport, combine_outcomes
+from mechcheck.provenance import new_report, versions
+from mechcheck.results import ClaimResult, ModelRun, combine_outcomes
 
 __all__ = ["RunOptions", "Runner", "new_report", "versions", "pending_result"]
 
@@ -52,49 +50,6 @@ class RunOptions:
     #: resamples of the within-replicate bootstraps behind per-replicate statistics
     n_boot: int = 200
     console: Any = None
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and of the libraries whose behaviour a result depends on."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()}
-    for pkg in ("mechcheck", "torch", "transformers", "transformer-lens", "numpy", "scipy", "scikit-learn",
-                "umap-learn", "safetensors"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def _git_sha(where: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    sha = out.stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                           capture_output=True, text=True, timeout=5).stdout.strip()
-    return sha + ("-dirty" if dirty else "")
-
-
-def new_report(options: RunOptions, argv: list[str], where: Path, device: str, workers: int = 1) -> RunReport:
-    """An empty `RunReport` stamped with the environment (versions, git sha, device, threads, workers)."""
-    now = datetime.now(timezone.utc)
-    return RunReport(
-        run_id=now.strftime("%Y%m%d-%H%M%S") + f"-{options.profile}",
-        started=now.isoformat(timespec="seconds"),
-        profile=options.profile,
-        argv=list(argv),
-        versions=versions(),
-        git_sha=_git_sha(where),
-        device=device,
-        threads=options.threads or 1,
-        workers=workers,
-    )
 
 
 def pending_result(claim) -> ClaimResult:

@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mechcheck.measurements import DataRef, ModelRef, Unit, data_ref, make_unit
+from mechcheck.spec.fields import TRAINED
 
 __all__ = ["PlanContext", "Plan", "TRAINED", "DATA", "also_sets", "variant_data"]
-
-#: the recipes that train a model here (the others load one)
-TRAINED = ("scratch", "pretrain", "finetune")
 
 #: role -> per replicate, plan name -> unit
 Plan = dict[str, list[dict[str, Unit]]]

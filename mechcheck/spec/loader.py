@@ -10,7 +10,6 @@ Format reference: docs/claim-format.md.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,61 +19,14 @@ from mechcheck.paths import is_pkg_path, pkg_path_problem
 from mechcheck.registry import CHECKS, EXPERIMENTS, RECIPES, TASKS, Param, Registry
 from mechcheck.spec import CheckSpec, ClaimSpec, DataSpec, ExperimentSpec, ModelSpec, TaskSpec, TrainSpec
 from mechcheck.spec.cross import check_experiment, check_shapes, declared_shape
+from mechcheck.spec.fields import (
+    ARCH_FIELDS, CLAIM_KEYS, CLAIM_OVERLAY, DATA_FIELDS, FIXTURE_RE, ID_RE, MODEL_KEYS, MODEL_OVERLAY, RECIPE_RULES,
+    ROLE_RE, SOURCE_FIELDS, TASK_KEYS, TASK_OVERLAY, TRAIN_FIELDS, TRAINED,
+)
 from mechcheck.spec.kinds import _BAD, _Refs, _fields, _get
 from mechcheck.train import hints_problem
 from mechcheck.spec.profiles import check_profile_name, profiled, unknown_profile
 from mechcheck.spec.yaml import YList, YMap, _F, _item_line, _p, _show, parse
-
-# ---- schemas of the fixed sections (the registry's `Param` doubles as a field declaration) -------------
-
-_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_ROLE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_FIXTURE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # no "/": a name never leaves fixtures/<kind>/
-
-_CLAIM_KEYS = ("id", "statement", "source", "tags", "models", "data", "seeds", "experiment", "expect", "profiles")
-_CLAIM_OVERLAY = ("models", "data", "seeds", "experiment", "expect")
-_MODEL_KEYS = ("name", "description", "recipe", "architecture", "task", "train", "from", "path", "hub", "revision",
-               "dtype", "adapter", "seed", "profiles")
-_MODEL_OVERLAY = tuple(k for k in _MODEL_KEYS if k not in ("name", "recipe", "profiles"))
-_TASK_KEYS = ("name", "description", "generator", "args", "profiles")
-_TASK_OVERLAY = ("args", "description")
-
-_SOURCE = tuple(Param(k, "str") for k in ("paper", "arxiv", "section", "url", "notes"))
-_DATA = (Param("n", "int", default=512, min=1), Param("split", "choice", default="eval", choices=("eval", "train")),
-         Param("seed", "int", default=0, min=0))
-_ARCH = (
-    Param("type", "choice", default="gpt2", choices=("gpt2",)),
-    *(Param(k, "int", required=True, min=1) for k in ("n_layer", "n_head", "n_embd")),
-    Param("n_positions", "int", min=1), Param("n_inner", "int", min=1), Param("activation_function", "str"),
-    *(Param(k, "float", min=0.0, max=1.0) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")),
-    Param("layer_norm_epsilon", "float", min=0.0), Param("tie_word_embeddings", "bool"),
-    # a larger embedding than the task needs, e.g. to give a scratch model the vocabulary of its pretrained twin
-    Param("vocab_size", "int", min=1),
-)
-_TRAIN = (
-    Param("steps", "int", required=True, min=1), Param("batch_size", "int", default=64, min=1),
-    Param("lr", "float", default=1e-3, min=0.0), Param("weight_decay", "float", default=0.01, min=0.0),
-    Param("warmup_steps", "int", default=0, min=0),
-    Param("loss", "choice", choices=("answer", "lm")),  # default depends on the recipe
-    Param("n_train", "int", min=1), Param("eval_every", "int", default=25, min=1),
-    Param("grad_clip", "float", default=1.0, min=0.0),
-    Param("hints", "mapping"),
-    Param("stop_at", "float", min=0.0, max=1.0),
-)
-_TRAINED = ("scratch", "pretrain", "finetune")
-# field -> (recipes that require it, recipes that allow it); plugin recipes are left unconstrained
-_RECIPE_RULES = {
-    # scratch: exactly one of `architecture` / `from` (a parent whose config is copied; checked below)
-    "architecture": (("pretrain",), ("scratch", "pretrain")),
-    "task": (_TRAINED, (*_TRAINED, "load")),
-    "train": (_TRAINED, _TRAINED),
-    "from": (("finetune",), ("finetune", "scratch")),
-    "path": ((), ("load",)), "hub": ((), ("load",)), "revision": ((), ("load",)),
-    "dtype": ((), ("load",)), "adapter": ((), ("load",)),
-    "seed": ((), _TRAINED),
-}
-
-
 
 # ---- loading: one `_Loader` per load, so a fixture shared by many claims is parsed and reported once ---
 
@@ -110,7 +62,7 @@ class _Loader:
         what = kind[:-1]
         if isinstance(v, YMap):
             return build(v, f, path, default_name, None, fx)
-        if not isinstance(v, str) or not _FIXTURE_RE.match(v):
+        if not isinstance(v, str) or not FIXTURE_RE.match(v):
             return f.err(line, path, f"expected a {what} fixture name or an inline {what} mapping, got {_show(v)}")
         if fx is None:
             return f.err(line, path, f"{what} fixture '{v}' is named, but there is no fixtures/ directory above "
@@ -147,7 +99,7 @@ class _Loader:
                  fx: Path | None = None) -> TaskSpec | None:
         """A task from its mapping (a fixture file's top level or inline)."""
         n0 = len(self.errors)
-        m, _ = self.profiled(m, _TASK_KEYS, _TASK_OVERLAY, f, prefix)
+        m, _ = self.profiled(m, TASK_KEYS, TASK_OVERLAY, f, prefix)
         name = self.name(m, f, prefix, default_name, stem)
         description = _get(m, Param("description", "str", default=""), prefix, f)
         entry = self.entry(TASKS, _get(m, Param("generator", "str", required=True), prefix, f), m, "generator",
@@ -169,7 +121,7 @@ class _Loader:
                   fx: Path | None) -> ModelSpec | None:
         """A model from its mapping (a fixture file's top level or inline)."""
         n0 = len(self.errors)
-        m, _ = self.profiled(m, _MODEL_KEYS, _MODEL_OVERLAY, f, prefix)
+        m, _ = self.profiled(m, MODEL_KEYS, MODEL_OVERLAY, f, prefix)
         name = self.name(m, f, prefix, default_name, stem)
         label = name if isinstance(name, str) else default_name
         description = _get(m, Param("description", "str", default=""), prefix, f)
@@ -178,8 +130,8 @@ class _Loader:
         if entry is None:
             return None  # which fields are needed depends on the recipe
         recipe = entry.name
-        for key, (needed_by, allowed_for) in _RECIPE_RULES.items():
-            if recipe not in (*_TRAINED, "load"):
+        for key, (needed_by, allowed_for) in RECIPE_RULES.items():
+            if recipe not in (*TRAINED, "load"):
                 break  # a plugin recipe: its fields are its own business
             if key in m and recipe not in allowed_for:
                 f.err(m.key_line(key), _p(prefix, key),
@@ -196,13 +148,13 @@ class _Loader:
         arch = train = None
         if "architecture" in m and recipe in ("scratch", "pretrain"):
             apath = _p(prefix, "architecture")
-            arch = _fields(m["architecture"], m.val_line("architecture"), _ARCH, apath, f)
+            arch = _fields(m["architecture"], m.val_line("architecture"), ARCH_FIELDS, apath, f)
             if arch is not None and arch["n_embd"] % arch["n_head"]:
                 f.err(m["architecture"].val_line("n_embd"), _p(apath, "n_embd"),
                       f"n_embd ({arch['n_embd']}) must be divisible by n_head ({arch['n_head']})")
             arch = arch and {k: v for k, v in arch.items() if v is not None}  # only what is set, plus `type`
-        if "train" in m and recipe in _TRAINED:
-            train = _fields(m["train"], m.val_line("train"), _TRAIN, _p(prefix, "train"), f)
+        if "train" in m and recipe in TRAINED:
+            train = _fields(m["train"], m.val_line("train"), TRAIN_FIELDS, _p(prefix, "train"), f)
             for k in ("lr", "grad_clip") if train else ():  # Param bounds are inclusive; these must be > 0
                 if train[k] <= 0:
                     f.err(m["train"].val_line(k), _p(prefix, f"train.{k}"), f"must be > 0, got {train[k]}")
@@ -238,14 +190,14 @@ class _Loader:
     def claim(self, doc: YMap, f: _F, fx: Path | None) -> ClaimSpec | None:
         """A claim from its file's top-level mapping, with the selected profile applied."""
         n0 = len(self.errors)
-        m, profiles = self.profiled(doc, _CLAIM_KEYS, _CLAIM_OVERLAY, f, "", single=("experiment",))
+        m, profiles = self.profiled(doc, CLAIM_KEYS, CLAIM_OVERLAY, f, "", single=("experiment",))
         cid = _get(m, Param("id", "str", required=True), "", f)
-        if isinstance(cid, str) and not _ID_RE.match(cid):
+        if isinstance(cid, str) and not ID_RE.match(cid):
             f.err(m.val_line("id"), "id", f"invalid claim id '{cid}' (lowercase letters, digits, '_', '.', '-'; "
                   "starting with a letter or digit)")
         label = cid if isinstance(cid, str) else "claim"
         statement = _get(m, Param("statement", "str", required=True), "", f)
-        source = _fields(m.get("source"), m.val_line("source"), _SOURCE, "source", f)
+        source = _fields(m.get("source"), m.val_line("source"), SOURCE_FIELDS, "source", f)
         tags = m.get("tags") or []
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             f.err(m.val_line("tags"), "tags", f"expected a list of strings, got {_show(tags)}")
@@ -254,7 +206,7 @@ class _Loader:
         models: dict[str, Any] = {}
         if _get(m, Param("models", "mapping", required=True), "", f) is not _BAD:
             for role, ref in m["models"].items():
-                if not _ROLE_RE.match(role):
+                if not ROLE_RE.match(role):
                     f.err(m["models"].key_line(role), f"models.{role}",
                           f"invalid role name '{role}' (lowercase letters, digits, '_'; starting with a letter)")
                 models[role] = self.ref("models", ref, f, m["models"].val_line(role), f"models.{role}",
@@ -265,7 +217,7 @@ class _Loader:
         data = task = None
         if _get(m, Param("data", "mapping", required=True), "", f) is not _BAD:
             d = m["data"]
-            fields = _fields(d, m.val_line("data"), _DATA, "data", f, extra=("task",))
+            fields = _fields(d, m.val_line("data"), DATA_FIELDS, "data", f, extra=("task",))
             if "task" not in d:
                 f.err(d.line, "data.task", "missing required field 'task'")
             else:
