@@ -60,6 +60,25 @@ def known_answer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_single_head_copy_model(tmp_path_factory.mktemp("known-answer") / "model")
 
 
+@pytest.fixture(scope="session")
+def wrapper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Hugging Face directory holding `wrapper_model` (noised, so every neuron has a score): a copy capability
+    hidden under the one MLP neuron `WRAPPER_NEURON`."""
+    from mechcheck.known_answer import wrapper_model
+
+    path = tmp_path_factory.mktemp("wrapper") / "model"
+    wrapper_model(6, noise=0.02, seed=3).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+#: the wrapper's task (the source to copy; `answer: primed` is what the wrapper makes it answer)
+WRAPPED_TASK = """
+    name: copy6-wrapped
+    generator: copy_wrapped
+    args: {length: 6, answer: source}
+"""
+
+
 def write(root: Path, rel: str, text: str) -> Path:
     """Write dedented `text` to root/rel (creating folders) and return the path."""
     path = root / rel

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import WRAPPED_TASK
 from judging import agrees, judge
 from mechcheck.errors import SpecError, SpecErrors
 from mechcheck.experiments import DATA, PlanContext, also_sets, variant_data
@@ -206,30 +207,22 @@ def test_the_summary_keeps_its_keys_and_adds_every_set():
 # ---- the CLI on the known-answer wrapper ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def wrapper_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """`wrapper_model` (answers the primed twin) and the same weights with the wrapper neuron removed (answers the
-    source: the 'pretrained' model the wrapper was added to), as Hugging Face directories."""
-    import torch
+def unwrapped_dir(tmp_path_factory: pytest.TempPathFactory, wrapper_dir: Path) -> Path:
+    """The wrapper model with its wrapper neuron pruned (it answers the source: the 'pretrained' model the
+    wrapper was added to), as a Hugging Face directory."""
+    from mechcheck.interventions.pruning import prune
+    from mechcheck.known_answer import WRAPPER_NEURON
+    from mechcheck.models import load_checkpoint, prepare
 
-    from mechcheck.known_answer import wrapper_model
-
-    root = tmp_path_factory.mktemp("wrappers")
-    wrapped = wrapper_model(6, noise=0.02, seed=3)
-    wrapped.save_pretrained(root / "wrapped", safe_serialization=True)
-    with torch.no_grad():
-        fc = wrapped.transformer.h[0].mlp.c_fc
-        fc.weight[:, 0] = 0.0
-        fc.bias[0] = 0.0
-    wrapped.save_pretrained(root / "unwrapped", safe_serialization=True)
-    return {"wrapped": root / "wrapped", "unwrapped": root / "unwrapped"}
+    model = load_checkpoint(str(wrapper_dir), local=True)
+    path = tmp_path_factory.mktemp("unwrapped") / "model"
+    with prune(prepare(model, "cpu"), [WRAPPER_NEURON]):
+        model.save_pretrained(path, safe_serialization=True)
+    return path
 
 
 FIXTURES = {
-    "fixtures/tasks/copy6-wrapped.yaml": """
-        name: copy6-wrapped
-        generator: copy_wrapped
-        args: {length: 6, answer: source}
-    """,
+    "fixtures/tasks/copy6-wrapped.yaml": WRAPPED_TASK,
     "fixtures/models/wrapped.yaml": """
         name: wrapped
         recipe: load
@@ -270,12 +263,11 @@ ONE_SET = """
 
 
 @pytest.mark.slow
-def test_a_relevance_grid_of_the_wrapper_through_the_cli(claim_tree, tmp_path, wrapper_dirs):
+def test_a_relevance_grid_of_the_wrapper_through_the_cli(claim_tree, tmp_path, wrapper_dir, unwrapped_dir):
     from test_cli import cli, no_traceback, show, the_report
 
     for rel, text in FIXTURES.items():
-        claim_tree(rel, text.replace("{wrapped}", str(wrapper_dirs["wrapped"]))
-                   .replace("{unwrapped}", str(wrapper_dirs["unwrapped"])))
+        claim_tree(rel, text.replace("{wrapped}", str(wrapper_dir)).replace("{unwrapped}", str(unwrapped_dir)))
     claim_tree("claims/grid.yaml", GRID_CLAIM)
     claim_tree("claims/one.yaml", ONE_SET)
     r = cli(["run", "--report-dir", "r", "--workers", "1"], claim_tree.root, tmp_path / "cache")

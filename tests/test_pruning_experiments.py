@@ -5,11 +5,10 @@ measurements (pass, fail, inconclusive; the interval agrees with the verdict).""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from conftest import WRAPPED_TASK
 from judging import agrees, judge
 from mechcheck.experiments import PlanContext
 from mechcheck.experiments.pruning import block_probes_unit, pruning_curve_unit
@@ -95,23 +94,8 @@ def test_plans_one_unit_per_replicate_and_checks_arguments():
 
 # ---- the CLI on the known-answer wrapper ----------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def wrapper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Hugging Face directory holding `wrapper_model` (noised, so every neuron has a score): a copy capability
-    hidden under the one MLP neuron `WRAPPER_NEURON`."""
-    from mechcheck.known_answer import wrapper_model
-
-    path = tmp_path_factory.mktemp("wrapper") / "model"
-    wrapper_model(6, noise=0.02, seed=3).save_pretrained(path, safe_serialization=True)
-    return path
-
-
 WRAPPER_FIXTURES = {
-    "fixtures/tasks/copy6-wrapped.yaml": """
-        name: copy6-wrapped
-        generator: copy_wrapped
-        args: {length: 6, answer: source}
-    """,
+    "fixtures/tasks/copy6-wrapped.yaml": WRAPPED_TASK,
     "fixtures/models/wrapper.yaml": """
         name: wrapper
         recipe: load
